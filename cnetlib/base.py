@@ -1,0 +1,172 @@
+"""The toy base model of the book: its recipe, checkpoint, generation and evaluation.
+
+Chapter 01 trains it; every later chapter loads it with :func:`load_or_train_base`
+as the frozen backbone F(·; Θ). Regenerate the shipped checkpoint with::
+
+    python -m cnetlib.base --out data/base_unet.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import TOY_PALETTE, Fill50k, check_palette
+from .diffusion import classifier_free_guidance, ddim_sample, ddpm_sample, make_schedule
+from .metrics import PromptFollowing, prompt_following
+from .runtime import DATA_DIR, pick, smoke_mode
+from .train import TrainResult, train_denoiser
+from .unet import ToyUNet, UNetConfig
+
+BASE_CHECKPOINT = DATA_DIR / "base_unet.pt"
+#: Guidance scale β the toy chapters use unless they say otherwise.
+DEFAULT_GUIDANCE = 3.0
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How the shipped base was trained (chapter 01 explains each choice)."""
+
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 100
+    drop_prompt: float = 0.15
+    ema_decay: float = 0.999
+    n_train: int = 20000
+    image_size: int = 32
+    seed: int = 0
+    palette: tuple[str, ...] = TOY_PALETTE
+
+
+BASE_RECIPE = BaseRecipe()
+#: A few steps only: what smoke mode trains when it must train at all.
+SMOKE_RECIPE = BaseRecipe(steps=20, batch_size=16, n_train=512)
+
+
+def train_base(recipe: BaseRecipe = BASE_RECIPE, config: UNetConfig | None = None,
+               progress: bool = True) -> TrainResult:
+    """Build a fresh :class:`ToyUNet` and train it on Fill50k targets with their prompts."""
+    torch.manual_seed(recipe.seed)
+    config = config or UNetConfig(image_size=recipe.image_size)
+    if config.image_size != recipe.image_size:
+        raise ValueError(f"config.image_size: expected the recipe's {recipe.image_size}, got {config.image_size}")
+    model = ToyUNet(config)
+    data = Fill50k(recipe.n_train, size=recipe.image_size, seed=recipe.seed, palette=recipe.palette)
+    return train_denoiser(model, data, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                          warmup=recipe.warmup, drop_prompt=recipe.drop_prompt, ema_decay=recipe.ema_decay,
+                          seed=recipe.seed, progress=progress)
+
+
+def load_base(path: str | Path = BASE_CHECKPOINT, expected_config: UNetConfig | None = None) -> ToyUNet:
+    """Load a base checkpoint, frozen (``requires_grad=False``) and in eval mode."""
+    model = load_checkpoint(path, ToyUNet, UNetConfig, expected_config=expected_config)
+    return model.eval().requires_grad_(False)
+
+
+def load_or_train_base(path: str | Path = BASE_CHECKPOINT, recipe: BaseRecipe | None = None,
+                       config: UNetConfig | None = None, progress: bool = True) -> ToyUNet:
+    """The shipped base if ``path`` exists, else train one and save it there.
+
+    In smoke mode a missing checkpoint is replaced by a 20-step model that is *not*
+    saved, so CI never writes a useless base where the real one belongs.
+    """
+    path = Path(path)
+    if path.is_file():
+        return load_base(path, expected_config=config)
+    recipe = recipe or pick(BASE_RECIPE, SMOKE_RECIPE)
+    result = train_base(recipe, config, progress=progress)
+    if not smoke_mode() and not result.interrupted:
+        save_checkpoint(result.model, path, meta={"recipe": asdict(recipe), "seconds": result.seconds})
+    return result.model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def generate(model: ToyUNet, prompts: Sequence[str], *, guidance: float = DEFAULT_GUIDANCE,
+             sampler: str = "ddim", steps: int = 50, seed: int = 0, progress: bool = False,
+             model_kwargs: dict | None = None) -> torch.Tensor:
+    """Sample one image per prompt with classifier-free guidance; returns ``(B, 3, H, W)`` in [-1, 1].
+
+    ``sampler`` is ``"ddim"`` (``steps`` steps, deterministic) or ``"ddpm"`` (all T
+    steps). ``model_kwargs`` are passed to every call of the model on the conditional
+    branch (later chapters pass ControlNet residuals this way).
+    """
+    cfg = model.config
+    schedule = make_schedule(cfg.schedule)
+    shape = (len(prompts), cfg.in_channels, cfg.image_size, cfg.image_size)
+    c_cond = model.encode_prompts(list(prompts))
+    c_uncond = model.encode_prompts([""] * len(prompts))
+    kw = model_kwargs or {}
+
+    def cond(x, t):
+        return model(x, t, c_cond, **kw)
+
+    def uncond(x, t):
+        return model(x, t, c_uncond)
+
+    fn = classifier_free_guidance(cond, uncond, guidance)
+    g = torch.Generator().manual_seed(seed)
+    if sampler == "ddim":
+        return ddim_sample(fn, shape, schedule, cfg.prediction, steps=steps, generator=g, progress=progress)
+    if sampler == "ddpm":
+        return ddpm_sample(fn, shape, schedule, cfg.prediction, generator=g, progress=progress)
+    raise ValueError(f"sampler: expected 'ddim' or 'ddpm', got {sampler!r}")
+
+
+def sample_grid(model: ToyUNet, prompts: Sequence[str], guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
+                steps: int = 25):
+    """Generate one image per prompt and show them with their prompts (the guidance slider's view)."""
+    from .viz import image_grid, wrap_prompt
+
+    images = generate(model, prompts, guidance=guidance, steps=steps, seed=seed)
+    return image_grid(images, [wrap_prompt(p) for p in prompts], ncols=len(prompts),
+                      suptitle=f"guidance scale β = {guidance:g}, DDIM {steps} steps, seed {seed}")
+
+
+def evaluation_prompts(n: int, palette: Sequence[str] = TOY_PALETTE, seed: int = 1234) -> list[str]:
+    """``n`` held-out prompts: every ordered colour pair in turn, from a seed other than training's."""
+    names = check_palette(palette)
+    pairs = [(a, b) for a in names for b in names if a != b]
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [f"{pairs[order[i % len(pairs)]][0]} circle with {pairs[order[i % len(pairs)]][1]} background"
+            for i in range(n)]
+
+
+def evaluate_prompt_following(model: ToyUNet, n: int = 112, *, guidance: float = DEFAULT_GUIDANCE,
+                              steps: int = 50, seed: int = 0, palette: Sequence[str] = TOY_PALETTE,
+                              batch_size: int = 56, progress: bool = False) -> PromptFollowing:
+    """Generate ``n`` images for held-out prompts and read their colours (:func:`prompt_following`)."""
+    prompts = evaluation_prompts(n, palette)
+    images = torch.cat([generate(model, prompts[i:i + batch_size], guidance=guidance, steps=steps,
+                                 seed=seed + i, progress=progress)
+                        for i in range(0, n, batch_size)])
+    return prompt_following(images, prompts, palette)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m cnetlib.base", description="Train the toy base UNet and save it.")
+    p.add_argument("--out", type=Path, default=BASE_CHECKPOINT, help="checkpoint path (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=BASE_RECIPE.steps)
+    p.add_argument("--seed", type=int, default=BASE_RECIPE.seed)
+    p.add_argument("--eval", type=int, default=112, help="number of samples to evaluate (0: skip)")
+    args = p.parse_args(argv)
+    recipe = BaseRecipe(steps=args.steps, seed=args.seed)
+    result = train_base(recipe)
+    if result.interrupted:
+        raise SystemExit("interrupted: no checkpoint written")
+    report = {"steps": recipe.steps, "seconds": round(result.seconds, 1),
+              "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:])}
+    if args.eval:
+        report.update(evaluate_prompt_following(result.model, args.eval).summary())
+    save_checkpoint(result.model, args.out, meta={"recipe": asdict(recipe), **report,
+                                                  "losses": result.losses})
+    print(json.dumps({"checkpoint": str(args.out), **report}))
+
+
+if __name__ == "__main__":
+    main()

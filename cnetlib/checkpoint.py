@@ -1,0 +1,90 @@
+"""Checkpoints: a state dict together with the config that built the model.
+
+Chapter 01 ships the toy base this way (``data/base_unet.pt``); later chapters use
+the same format for ControlNets. Writes are atomic (a temporary file, then
+``os.replace``), so an interrupted save never leaves half a checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+FORMAT = "cnetlib-checkpoint/1"
+
+
+class ConfigMismatchError(ValueError):
+    """A checkpoint was written for a model with another config."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, *, meta: dict | None = None) -> Path:
+    """Save ``model.state_dict()``, ``model.config.to_dict()`` and free-form ``meta``."""
+    return atomic_save(
+        {"format": FORMAT, "kind": type(model).__name__, "config": model.config.to_dict(),
+         "state_dict": model.state_dict(), "meta": meta or {}},
+        path,
+    )
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint's dict (on the CPU) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: expected a {FORMAT} checkpoint, got {type(ckpt).__name__} "
+                         f"with format {ckpt.get('format') if isinstance(ckpt, dict) else None!r}")
+    return ckpt
+
+
+def config_diff(expected: dict, given: dict) -> list[str]:
+    """Human-readable differences between two config dicts (``key: expected X, given Y``)."""
+    out = []
+    for k in sorted(set(expected) | set(given)):
+        e, g = expected.get(k, "<missing>"), given.get(k, "<missing>")
+        if e != g:
+            es, gs = repr(e), repr(g)
+            out.append(f"{k}: expected {es[:60]}{'...' if len(es) > 60 else ''}, given {gs[:60]}{'...' if len(gs) > 60 else ''}")
+    return out
+
+
+def load_checkpoint(path: str | Path, model_cls: type, config_cls: type, *, expected_config: Any = None) -> nn.Module:
+    """Rebuild ``model_cls(config_cls(**saved_config))`` and load its weights.
+
+    With ``expected_config``, a checkpoint written for another config raises
+    :class:`ConfigMismatchError` listing every differing field.
+    """
+    ckpt = read_checkpoint(path)
+    if ckpt["kind"] != model_cls.__name__:
+        raise ConfigMismatchError(f"{path}: expected a {model_cls.__name__} checkpoint, got a {ckpt['kind']}")
+    if expected_config is not None:
+        diff = config_diff(expected_config.to_dict(), ckpt["config"])
+        if diff:
+            raise ConfigMismatchError(f"{path}: checkpoint config does not match the model: " + "; ".join(diff))
+    model = model_cls(config_cls(**ckpt["config"]))
+    missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ConfigMismatchError(f"{path}: weights do not fit {model_cls.__name__}: "
+                                  f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.checkpoint_meta = ckpt["meta"]
+    return model

@@ -1,0 +1,523 @@
+"""Fill50k-style data: a seeded, procedural stand-in for the authors' Fill50K.
+
+Chapter 01 introduces it. A pair is a *source* (the condition c_f: a white circle
+outline on black) and a *target* (the image: that circle filled with one CSS colour
+on a background of another) with the prompt ``"<circle colour> circle with
+<background colour> background"``, colour names written as words ("pale golden rod").
+Nothing is downloaded: every image is drawn from ``(seed, index)``. The same code
+writes and reads the authors' on-disk layout (``prompt.json`` as JSON Lines,
+``source/N.png``, ``target/N.png``), so the real Fill50K works too.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+#: The 148 CSS colour names, written as words (as in Fill50K's prompts), and their RGB.
+CSS_COLORS: dict[str, tuple[int, int, int]] = {
+    "alice blue": (240, 248, 255),
+    "antique white": (250, 235, 215),
+    "aqua": (0, 255, 255),
+    "aquamarine": (127, 255, 212),
+    "azure": (240, 255, 255),
+    "beige": (245, 245, 220),
+    "bisque": (255, 228, 196),
+    "black": (0, 0, 0),
+    "blanched almond": (255, 235, 205),
+    "blue": (0, 0, 255),
+    "blue violet": (138, 43, 226),
+    "brown": (165, 42, 42),
+    "burly wood": (222, 184, 135),
+    "cadet blue": (95, 158, 160),
+    "chartreuse": (127, 255, 0),
+    "chocolate": (210, 105, 30),
+    "coral": (255, 127, 80),
+    "corn flower blue": (100, 149, 237),
+    "corn silk": (255, 248, 220),
+    "crimson": (220, 20, 60),
+    "cyan": (0, 255, 255),
+    "dark blue": (0, 0, 139),
+    "dark cyan": (0, 139, 139),
+    "dark golden rod": (184, 134, 11),
+    "dark gray": (169, 169, 169),
+    "dark green": (0, 100, 0),
+    "dark grey": (169, 169, 169),
+    "dark khaki": (189, 183, 107),
+    "dark magenta": (139, 0, 139),
+    "dark olive green": (85, 107, 47),
+    "dark orange": (255, 140, 0),
+    "dark orchid": (153, 50, 204),
+    "dark red": (139, 0, 0),
+    "dark salmon": (233, 150, 122),
+    "dark sea green": (143, 188, 143),
+    "dark slate blue": (72, 61, 139),
+    "dark slate gray": (47, 79, 79),
+    "dark slate grey": (47, 79, 79),
+    "dark turquoise": (0, 206, 209),
+    "dark violet": (148, 0, 211),
+    "deep pink": (255, 20, 147),
+    "deep sky blue": (0, 191, 255),
+    "dim gray": (105, 105, 105),
+    "dim grey": (105, 105, 105),
+    "dodger blue": (30, 144, 255),
+    "fire brick": (178, 34, 34),
+    "floral white": (255, 250, 240),
+    "forest green": (34, 139, 34),
+    "fuchsia": (255, 0, 255),
+    "gainsboro": (220, 220, 220),
+    "ghost white": (248, 248, 255),
+    "gold": (255, 215, 0),
+    "golden rod": (218, 165, 32),
+    "gray": (128, 128, 128),
+    "grey": (128, 128, 128),
+    "green": (0, 128, 0),
+    "green yellow": (173, 255, 47),
+    "honey dew": (240, 255, 240),
+    "hot pink": (255, 105, 180),
+    "indian red": (205, 92, 92),
+    "indigo": (75, 0, 130),
+    "ivory": (255, 255, 240),
+    "khaki": (240, 230, 140),
+    "lavender": (230, 230, 250),
+    "lavender blush": (255, 240, 245),
+    "lawn green": (124, 252, 0),
+    "lemon chiffon": (255, 250, 205),
+    "light blue": (173, 216, 230),
+    "light coral": (240, 128, 128),
+    "light cyan": (224, 255, 255),
+    "light golden rod yellow": (250, 250, 210),
+    "light gray": (211, 211, 211),
+    "light green": (144, 238, 144),
+    "light grey": (211, 211, 211),
+    "light pink": (255, 182, 193),
+    "light salmon": (255, 160, 122),
+    "light sea green": (32, 178, 170),
+    "light sky blue": (135, 206, 250),
+    "light slate gray": (119, 136, 153),
+    "light slate grey": (119, 136, 153),
+    "light steel blue": (176, 196, 222),
+    "light yellow": (255, 255, 224),
+    "lime": (0, 255, 0),
+    "lime green": (50, 205, 50),
+    "linen": (250, 240, 230),
+    "magenta": (255, 0, 255),
+    "maroon": (128, 0, 0),
+    "medium aqua marine": (102, 205, 170),
+    "medium blue": (0, 0, 205),
+    "medium orchid": (186, 85, 211),
+    "medium purple": (147, 112, 219),
+    "medium sea green": (60, 179, 113),
+    "medium slate blue": (123, 104, 238),
+    "medium spring green": (0, 250, 154),
+    "medium turquoise": (72, 209, 204),
+    "medium violet red": (199, 21, 133),
+    "midnight blue": (25, 25, 112),
+    "mint cream": (245, 255, 250),
+    "misty rose": (255, 228, 225),
+    "moccasin": (255, 228, 181),
+    "navajo white": (255, 222, 173),
+    "navy": (0, 0, 128),
+    "old lace": (253, 245, 230),
+    "olive": (128, 128, 0),
+    "olive drab": (107, 142, 35),
+    "orange": (255, 165, 0),
+    "orange red": (255, 69, 0),
+    "orchid": (218, 112, 214),
+    "pale golden rod": (238, 232, 170),
+    "pale green": (152, 251, 152),
+    "pale turquoise": (175, 238, 238),
+    "pale violet red": (219, 112, 147),
+    "papaya whip": (255, 239, 213),
+    "peach puff": (255, 218, 185),
+    "peru": (205, 133, 63),
+    "pink": (255, 192, 203),
+    "plum": (221, 160, 221),
+    "powder blue": (176, 224, 230),
+    "purple": (128, 0, 128),
+    "rebecca purple": (102, 51, 153),
+    "red": (255, 0, 0),
+    "rosy brown": (188, 143, 143),
+    "royal blue": (65, 105, 225),
+    "saddle brown": (139, 69, 19),
+    "salmon": (250, 128, 114),
+    "sandy brown": (244, 164, 96),
+    "sea green": (46, 139, 87),
+    "sea shell": (255, 245, 238),
+    "sienna": (160, 82, 45),
+    "silver": (192, 192, 192),
+    "sky blue": (135, 206, 235),
+    "slate blue": (106, 90, 205),
+    "slate gray": (112, 128, 144),
+    "slate grey": (112, 128, 144),
+    "snow": (255, 250, 250),
+    "spring green": (0, 255, 127),
+    "steel blue": (70, 130, 180),
+    "tan": (210, 180, 140),
+    "teal": (0, 128, 128),
+    "thistle": (216, 191, 216),
+    "tomato": (255, 99, 71),
+    "turquoise": (64, 224, 208),
+    "violet": (238, 130, 238),
+    "wheat": (245, 222, 179),
+    "white": (255, 255, 255),
+    "white smoke": (245, 245, 245),
+    "yellow": (255, 255, 0),
+    "yellow green": (154, 205, 50),
+}
+
+
+def _resolve(name: str) -> str:
+    key = " ".join(name.lower().split())
+    if key in CSS_COLORS:
+        return key
+    joined = key.replace(" ", "")
+    for k in CSS_COLORS:
+        if k.replace(" ", "") == joined:
+            return k
+    close = difflib.get_close_matches(key, list(CSS_COLORS), n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"unknown colour name {name!r}: expected one of the 148 CSS colour names written as words.{hint}")
+
+
+def color_rgb(name: str) -> tuple[int, int, int]:
+    """RGB of a CSS colour given by name ("pale golden rod", "palegoldenrod" or "PaleGoldenRod")."""
+    return CSS_COLORS[_resolve(name)]
+
+
+def check_palette(palette: Sequence[str]) -> tuple[str, ...]:
+    """Normalise a palette to CSS names written as words; reject unknown or too few colours."""
+    if isinstance(palette, str):
+        raise TypeError(f"palette: expected a sequence of colour names, got the string {palette!r}")
+    names = tuple(_resolve(p) for p in palette)
+    if len(set(names)) < 2:
+        raise ValueError(f"palette: expected at least 2 distinct colours, got {list(palette)!r}")
+    return names
+
+
+#: Eight well-separated CSS colours for the toy chapters (32 px): a palette small
+#: enough for a 1M-parameter model to learn on a CPU, with multi-word names so the
+#: tokenizer still has to read phrases.
+TOY_PALETTE: tuple[str, ...] = (
+    "red", "gold", "lime green", "deep sky blue", "blue", "dark violet", "white", "black",
+)
+#: Every CSS colour, as the authors' Fill50K uses (the 512 px data).
+FULL_PALETTE: tuple[str, ...] = tuple(CSS_COLORS)
+
+
+# ----------------------------------------------------------------------------------
+# One sample
+# ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CircleSpec:
+    """Everything that defines one Fill50k pair, in pixel units (pixel centres at +0.5)."""
+
+    center_x: float
+    center_y: float
+    radius: float
+    circle_color: str
+    background_color: str
+
+    @property
+    def prompt(self) -> str:
+        return f"{self.circle_color} circle with {self.background_color} background"
+
+
+@dataclass(frozen=True)
+class Fill50kSample:
+    """One pair as ``uint8`` arrays ``(H, W, 3)`` plus its ground truth."""
+
+    source: np.ndarray  #: white outline on black
+    target: np.ndarray  #: filled circle on the background colour
+    mask: np.ndarray  #: bool (H, W), True inside the disk
+    spec: CircleSpec
+
+    @property
+    def prompt(self) -> str:
+        return self.spec.prompt
+
+
+def outline_width(size: int) -> float:
+    """Width in pixels of the drawn outline: 1 px at 32 px, 4 px at 512 px."""
+    return max(1.0, size / 128)
+
+
+def sample_spec(index: int, *, size: int = 32, seed: int = 0, palette: Sequence[str] = TOY_PALETTE) -> CircleSpec:
+    """Draw the circle of sample ``index``; depends only on ``(seed, index)``, not on ``n``.
+
+    The radius is 15-40 % of the side and the whole disk lies inside the image, so the
+    ground-truth mask is exact; circle and background colours always differ.
+    """
+    if index < 0 or seed < 0:
+        raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
+    names = check_palette(palette)
+    rng = np.random.default_rng([seed, index])
+    radius = float(rng.uniform(0.15, 0.40) * size)
+    margin = radius + outline_width(size)
+    cx, cy = (float(v) for v in rng.uniform(margin, size - margin, size=2))
+    i, j = rng.choice(len(names), size=2, replace=False)
+    return CircleSpec(cx, cy, radius, names[i], names[j])
+
+
+def render(spec: CircleSpec, size: int = 32) -> Fill50kSample:
+    """Draw a spec: target = disk ``d <= r`` in the circle colour, source = ring ``|d - r| <= w/2``."""
+    if size < 8:
+        raise ValueError(f"size: expected at least 8 pixels, got {size}")
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    dist = np.hypot(xx - spec.center_x, yy - spec.center_y)
+    mask = dist <= spec.radius
+    target = np.empty((size, size, 3), np.uint8)
+    target[:] = color_rgb(spec.background_color)
+    target[mask] = color_rgb(spec.circle_color)
+    ring = np.abs(dist - spec.radius) <= outline_width(size) / 2
+    source = np.zeros((size, size, 3), np.uint8)
+    source[ring] = 255
+    return Fill50kSample(source=source, target=target, mask=mask, spec=spec)
+
+
+def make_sample(index: int, *, size: int = 32, seed: int = 0, palette: Sequence[str] = TOY_PALETTE) -> Fill50kSample:
+    """Sample ``index`` of the generator: ``render(sample_spec(...))``."""
+    return render(sample_spec(index, size=size, seed=seed, palette=palette), size)
+
+
+# ----------------------------------------------------------------------------------
+# Conversions between uint8 images and the tensors the models see
+# ----------------------------------------------------------------------------------
+def source_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``uint8 (..., H, W, 3)`` -> float ``(..., 3, H, W)`` in [0, 1] (the control image c)."""
+    x = torch.as_tensor(images)
+    _check_uint8_hwc(x, "source")
+    return x.movedim(-1, -3).float() / 255.0
+
+
+def target_to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``uint8 (..., H, W, 3)`` -> float ``(..., 3, H, W)`` in [-1, 1] (the image x0)."""
+    x = torch.as_tensor(images)
+    _check_uint8_hwc(x, "target")
+    return x.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def tensor_to_uint8(x: torch.Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Float ``(..., 3, H, W)`` in ``value_range`` -> ``uint8 (..., H, W, 3)``, clipping."""
+    lo, hi = value_range
+    y = ((x.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
+    return (y * 255).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def _check_uint8_hwc(x: torch.Tensor, name: str) -> None:
+    if x.dtype != torch.uint8:
+        raise ValueError(f"{name}: expected uint8 pixels in [0, 255], got dtype {x.dtype}")
+    if x.ndim < 3 or x.shape[-1] != 3:
+        raise ValueError(f"{name}: expected shape (..., H, W, 3) with 3 RGB channels, got {tuple(x.shape)}")
+
+
+def mask_from_target(target: np.ndarray, circle_rgb: Sequence[int], background_rgb: Sequence[int]) -> np.ndarray:
+    """Recover the disk mask of a target image from its two colours (nearest colour wins).
+
+    This is how the ground truth of a folder dataset (the real Fill50K too) is found.
+    """
+    t = target.astype(np.float64)
+    dc = ((t - np.asarray(circle_rgb, np.float64)) ** 2).sum(-1)
+    db = ((t - np.asarray(background_rgb, np.float64)) ** 2).sum(-1)
+    return dc < db
+
+
+def parse_prompt(prompt: str) -> tuple[str, str]:
+    """``"<c> circle with <b> background"`` -> ``(c, b)`` as CSS names; errors name the prompt."""
+    words = prompt.strip().split()
+    try:
+        k = words.index("circle")
+        if words[k + 1] != "with" or words[-1] != "background":
+            raise ValueError
+        circle, background = " ".join(words[:k]), " ".join(words[k + 2 : -1])
+    except (ValueError, IndexError):
+        raise ValueError(
+            f"prompt: expected '<colour> circle with <colour> background', got {prompt!r}"
+        ) from None
+    return _resolve(circle), _resolve(background)
+
+
+# ----------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------
+class _PairDataset(Dataset):
+    """Shared item logic: uint8 arrays in memory, tensors out."""
+
+    sources: np.ndarray  # (N, H, W, 3) uint8
+    targets: np.ndarray
+    prompts: list[str]
+    with_meta: bool
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, i: int) -> dict:
+        item = {
+            "source": source_to_tensor(self.sources[i]),
+            "target": target_to_tensor(self.targets[i]),
+            "prompt": self.prompts[i],
+        }
+        if self.with_meta:
+            item.update(self.meta(i))
+        return item
+
+    def meta(self, i: int) -> dict:
+        """Ground truth of item ``i``: disk mask and both colours (names and RGB)."""
+        circle, background = parse_prompt(self.prompts[i])
+        c_rgb, b_rgb = color_rgb(circle), color_rgb(background)
+        return {
+            "mask": torch.from_numpy(self.mask(i)),
+            "circle_color": circle,
+            "background_color": background,
+            "circle_rgb": torch.tensor(c_rgb),
+            "background_rgb": torch.tensor(b_rgb),
+        }
+
+    def mask(self, i: int) -> np.ndarray:
+        circle, background = parse_prompt(self.prompts[i])
+        return mask_from_target(self.targets[i], color_rgb(circle), color_rgb(background))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The whole set as ``uint8`` tensors ``(N, H, W, 3)`` for fast random batches."""
+        return {"source": torch.from_numpy(self.sources), "target": torch.from_numpy(self.targets)}
+
+
+class Fill50k(_PairDataset):
+    """The procedural Fill50k-style dataset, generated in memory.
+
+    ``Fill50k(n, size=32, seed=0, palette=TOY_PALETTE)``: item ``i`` is
+    ``make_sample(i, size=size, seed=seed, palette=palette)``. Items are dicts with
+    ``source`` (3, H, W) in [0, 1], ``target`` (3, H, W) in [-1, 1] and ``prompt``;
+    with ``with_meta=True`` also the exact disk ``mask`` and the colours.
+    Introduced in chapter 01.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        size: int = 32,
+        seed: int = 0,
+        palette: Sequence[str] = TOY_PALETTE,
+        with_meta: bool = False,
+        progress: bool = False,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"n: expected at least 1 sample, got {n}")
+        self.size, self.seed, self.palette, self.with_meta = size, seed, check_palette(palette), with_meta
+        self.specs = [sample_spec(i, size=size, seed=seed, palette=self.palette) for i in range(n)]
+        self.sources = np.empty((n, size, size, 3), np.uint8)
+        self.targets = np.empty((n, size, size, 3), np.uint8)
+        self.masks = np.empty((n, size, size), bool)
+        for i, spec in enumerate(tqdm(self.specs, desc="Fill50k", disable=not progress, leave=False)):
+            s = render(spec, size)
+            self.sources[i], self.targets[i], self.masks[i] = s.source, s.target, s.mask
+        self.prompts = [s.prompt for s in self.specs]
+
+    def mask(self, i: int) -> np.ndarray:
+        return self.masks[i]
+
+
+PROMPT_FILE = "prompt.json"
+
+
+def write_fill50k(
+    root: str | Path,
+    n: int,
+    *,
+    size: int = 512,
+    seed: int = 0,
+    palette: Sequence[str] = FULL_PALETTE,
+    progress: bool = True,
+) -> Path:
+    """Write ``n`` pairs in the authors' layout: ``prompt.json`` (JSON Lines) plus
+    ``source/N.png`` and ``target/N.png``. Returns ``root``. Existing files are overwritten;
+    ``prompt.json`` is written last and atomically, so an interrupted run leaves no
+    prompt file that names missing images.
+    """
+    root = Path(root)
+    (root / "source").mkdir(parents=True, exist_ok=True)
+    (root / "target").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in tqdm(range(n), desc="write Fill50k", disable=not progress):
+        s = make_sample(i, size=size, seed=seed, palette=palette)
+        Image.fromarray(s.source).save(root / "source" / f"{i}.png")
+        Image.fromarray(s.target).save(root / "target" / f"{i}.png")
+        lines.append(json.dumps({"source": f"source/{i}.png", "target": f"target/{i}.png", "prompt": s.prompt}))
+    tmp = root / (PROMPT_FILE + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, root / PROMPT_FILE)
+    return root
+
+
+class Fill50kFolder(_PairDataset):
+    """A dataset in the authors' layout (``prompt.json`` + ``source/`` + ``target/``):
+    the real Fill50K, or what :func:`write_fill50k` wrote.
+
+    The whole folder is checked before anything is read: a missing ``prompt.json``,
+    a malformed line or any missing image raises an error that lists them, rather than
+    serving half a dataset. Images are loaded into memory (optionally resized to
+    ``size``, nearest-neighbour for the outline so it stays binary-like).
+    """
+
+    def __init__(self, root: str | Path, *, size: int | None = None, limit: int | None = None,
+                 with_meta: bool = False, progress: bool = False) -> None:
+        self.root, self.with_meta = Path(root), with_meta
+        records = read_prompt_file(self.root)
+        if limit is not None:
+            records = records[:limit]
+        missing = [p for r in records for p in (r["source"], r["target"]) if not (self.root / p).is_file()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise FileNotFoundError(
+                f"{self.root}: incomplete dataset: {len(missing)} image file(s) named in {PROMPT_FILE} "
+                f"are missing ({shown})"
+            )
+        self.prompts = [r["prompt"] for r in records]
+        srcs, tgts = [], []
+        for r in tqdm(records, desc=f"read {self.root.name}", disable=not progress, leave=False):
+            srcs.append(_load_rgb(self.root / r["source"], size, Image.NEAREST))
+            tgts.append(_load_rgb(self.root / r["target"], size, Image.BILINEAR))
+        shapes = {a.shape for a in srcs + tgts}
+        if len(shapes) != 1:
+            raise ValueError(f"{self.root}: expected every image to have one size, got sizes {sorted(shapes)}; pass size=")
+        self.sources, self.targets = np.stack(srcs), np.stack(tgts)
+        self.size = self.sources.shape[1]
+
+
+def read_prompt_file(root: str | Path) -> list[dict]:
+    """Parse ``root/prompt.json`` (JSON Lines with ``source``, ``target``, ``prompt``)."""
+    path = Path(root) / PROMPT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{root}: expected a Fill50K folder with {PROMPT_FILE}, found none")
+    records = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{k}: expected a JSON object per line, got {line[:80]!r} ({e})") from None
+        if not isinstance(r, dict) or not {"source", "target", "prompt"} <= set(r):
+            raise ValueError(f"{path}:{k}: expected keys source, target, prompt, got {line[:80]!r}")
+        records.append(r)
+    if not records:
+        raise ValueError(f"{path}: expected at least one pair, the file is empty")
+    return records
+
+
+def _load_rgb(path: Path, size: int | None, resample) -> np.ndarray:
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if size is not None and im.size != (size, size):
+            im = im.resize((size, size), resample)
+        return np.asarray(im, dtype=np.uint8).copy()

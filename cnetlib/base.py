@@ -32,8 +32,8 @@ DEFAULT_GUIDANCE = 3.0
 class BaseRecipe:
     """How the shipped base was trained (chapter 01 explains each choice)."""
 
-    steps: int = 4000
-    batch_size: int = 64
+    steps: int = 1200
+    batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 100
     drop_prompt: float = 0.15
@@ -50,13 +50,21 @@ SMOKE_RECIPE = BaseRecipe(steps=20, batch_size=16, n_train=512)
 
 
 def train_base(recipe: BaseRecipe = BASE_RECIPE, config: UNetConfig | None = None,
-               progress: bool = True) -> TrainResult:
-    """Build a fresh :class:`ToyUNet` and train it on Fill50k targets with their prompts."""
+               progress: bool = True, init: str | Path | None = None) -> TrainResult:
+    """Train a :class:`ToyUNet` on Fill50k targets with their prompts.
+
+    The model is fresh, or starts from the weights of checkpoint ``init`` (to continue
+    a run with more steps; the optimiser starts afresh).
+    """
     torch.manual_seed(recipe.seed)
-    config = config or UNetConfig(image_size=recipe.image_size)
+    if init is not None:
+        model = load_checkpoint(init, ToyUNet, UNetConfig, expected_config=config).requires_grad_(True)
+        config = model.config
+    else:
+        config = config or UNetConfig(image_size=recipe.image_size)
+        model = ToyUNet(config)
     if config.image_size != recipe.image_size:
         raise ValueError(f"config.image_size: expected the recipe's {recipe.image_size}, got {config.image_size}")
-    model = ToyUNet(config)
     data = Fill50k(recipe.n_train, size=recipe.image_size, seed=recipe.seed, palette=recipe.palette)
     return train_denoiser(model, data, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
                           warmup=recipe.warmup, drop_prompt=recipe.drop_prompt, ema_decay=recipe.ema_decay,
@@ -153,18 +161,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=BASE_CHECKPOINT, help="checkpoint path (default: %(default)s)")
     p.add_argument("--steps", type=int, default=BASE_RECIPE.steps)
     p.add_argument("--seed", type=int, default=BASE_RECIPE.seed)
+    p.add_argument("--lr", type=float, default=BASE_RECIPE.lr)
+    p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint's weights")
     p.add_argument("--eval", type=int, default=112, help="number of samples to evaluate (0: skip)")
     args = p.parse_args(argv)
-    recipe = BaseRecipe(steps=args.steps, seed=args.seed)
-    result = train_base(recipe)
+    recipe = BaseRecipe(steps=args.steps, seed=args.seed, lr=args.lr)
+    result = train_base(recipe, init=args.init)
     if result.interrupted:
         raise SystemExit("interrupted: no checkpoint written")
     report = {"steps": recipe.steps, "seconds": round(result.seconds, 1),
               "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:])}
     if args.eval:
         report.update(evaluate_prompt_following(result.model, args.eval).summary())
-    save_checkpoint(result.model, args.out, meta={"recipe": asdict(recipe), **report,
-                                                  "losses": result.losses})
+    save_checkpoint(result.model, args.out, meta={"recipe": asdict(recipe), **report, "losses": result.losses,
+                                                  "init": str(args.init) if args.init else None})
     print(json.dumps({"checkpoint": str(args.out), **report}))
 
 

@@ -29,6 +29,7 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a checkpoint is for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

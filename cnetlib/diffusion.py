@@ -137,8 +137,8 @@ def diffusion_loss(model_fn: ModelFn, x0: torch.Tensor, schedule: Schedule, pred
 def classifier_free_guidance(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float) -> ModelFn:
     """``f = f_uc + β (f_c − f_uc)``: the paper's ``ε = ε_uc + β(ε_c − ε_uc)``.
 
-    ``scale = 1`` is the conditional model alone and ``0`` the unconditional one. Both
-    branches run in one batch of size 2B.
+    ``scale = 1`` is the conditional model alone (the unconditional branch is then
+    skipped) and ``0`` the unconditional one.
     """
 
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

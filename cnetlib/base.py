@@ -71,6 +71,12 @@ def train_base(recipe: BaseRecipe = BASE_RECIPE, config: UNetConfig | None = Non
                           seed=recipe.seed, progress=progress)
 
 
+def training_meta(recipe: BaseRecipe, result: TrainResult, **extra) -> dict:
+    """What a base checkpoint records about its training (chapter 01 reads these keys)."""
+    return {"recipe": asdict(recipe), "steps": len(result.losses), "seconds": round(result.seconds, 1),
+            "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:]), "losses": result.losses, **extra}
+
+
 def load_base(path: str | Path = BASE_CHECKPOINT, expected_config: UNetConfig | None = None) -> ToyUNet:
     """Load a base checkpoint, frozen (``requires_grad=False``) and in eval mode."""
     model = load_checkpoint(path, ToyUNet, UNetConfig, expected_config=expected_config)
@@ -90,7 +96,7 @@ def load_or_train_base(path: str | Path = BASE_CHECKPOINT, recipe: BaseRecipe | 
     recipe = recipe or pick(BASE_RECIPE, SMOKE_RECIPE)
     result = train_base(recipe, config, progress=progress)
     if not smoke_mode() and not result.interrupted:
-        save_checkpoint(result.model, path, meta={"recipe": asdict(recipe), "seconds": result.seconds})
+        save_checkpoint(result.model, path, meta=training_meta(recipe, result))
     return result.model.eval().requires_grad_(False)
 
 
@@ -169,13 +175,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = train_base(recipe, init=args.init)
     if result.interrupted:
         raise SystemExit("interrupted: no checkpoint written")
-    report = {"steps": recipe.steps, "seconds": round(result.seconds, 1),
-              "final_loss": sum(result.losses[-100:]) / len(result.losses[-100:])}
-    if args.eval:
-        report.update(evaluate_prompt_following(result.model, args.eval).summary())
-    save_checkpoint(result.model, args.out, meta={"recipe": asdict(recipe), **report, "losses": result.losses,
-                                                  "init": str(args.init) if args.init else None})
-    print(json.dumps({"checkpoint": str(args.out), **report}))
+    scores = evaluate_prompt_following(result.model, args.eval).summary() if args.eval else {}
+    meta = training_meta(recipe, result, init=str(args.init) if args.init else None, **scores)
+    save_checkpoint(result.model, args.out, meta=meta)
+    print(json.dumps({"checkpoint": str(args.out), **{k: v for k, v in meta.items() if k != "losses"}}))
 
 
 if __name__ == "__main__":

@@ -144,13 +144,10 @@ def classifier_free_guidance(cond_fn: ModelFn, uncond_fn: ModelFn, scale: float)
     def guided(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if scale == 1.0:
             return cond_fn(x_t, t)
-        return _cfg_combine(cond_fn(x_t, t), uncond_fn(x_t, t), scale)
+        out_c, out_uc = cond_fn(x_t, t), uncond_fn(x_t, t)
+        return out_uc + scale * (out_c - out_uc)
 
     return guided
-
-
-def _cfg_combine(out_c: torch.Tensor, out_uc: torch.Tensor, scale: float) -> torch.Tensor:
-    return out_uc + scale * (out_c - out_uc)
 
 
 def ddim_timesteps(T: int, steps: int) -> list[int]:

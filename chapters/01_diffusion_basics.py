@@ -28,7 +28,7 @@
 # 4. train it, sample it with DDPM and DDIM, and measure how well it follows its prompt,
 #    with and without classifier-free guidance.
 #
-# **Time on a 2-core CPU:** about 40 minutes in full mode (training the base takes 25),
+# **Time on a 2-core CPU:** about 30 minutes in full mode (training the base takes 13–17),
 # 2–3 minutes in smoke mode (`CNETLIB_SMOKE=1`, what CI runs). On Colab or a laptop it is faster.
 
 # %%
@@ -388,16 +388,18 @@ print(f"  background colour matches the prompt: {pf.background_accuracy:.1%}")
 print(f"  disk IoU (clean disk = 1):            {pf.mean_disk_iou:.3f}")
 print(f"shipped evaluation (112 samples, 50 steps): circle {meta['circle_accuracy']:.1%}, "
       f"background {meta['background_accuracy']:.1%}, disk IoU {meta['disk_iou']:.3f}")
-assert pf.background_accuracy >= 0.8                 # the background follows the prompt
-assert pf.circle_accuracy >= 3 * chance              # the circle colour far above chance
-assert pf.mean_disk_iou >= 0.5                       # a disk-like region is drawn
+assert pf.background_accuracy >= 0.9                 # the background follows the prompt
+assert pf.circle_accuracy >= 0.9                     # and so does the circle
+assert pf.mean_disk_iou >= 0.75                      # a clean, disk-shaped region is drawn
 
 # %% [markdown]
-# The prompt is heard: the background colour is right in practically every sample and
-# the circle colour far above chance. The drawing is not clean yet: the disks are
-# speckled and their edges ragged (disk IoU about 0.7), and pale circles on pale
-# backgrounds are sometimes misread. 1,200 steps at batch 32 is a short training; the
-# numbers above are the shipped checkpoint's honest figures.
+# The prompt is obeyed: both colours are right in (practically) every sample, and the
+# drawn regions are disks (disk IoU above 0.8; the remaining gap is ragged edges at
+# 32 px). It took some training to get here. A first base, 1,200 steps at batch 32, drew
+# speckled blobs and got the circle colour right only 65 % of the time; a sweep on a GPU
+# (1,500 steps at batch 64: 99 %; at batch 128: 100 %) showed that the model was simply
+# undertrained, and the shipped recipe is the batch-128 one, which trains in about a
+# quarter of an hour on two CPU cores.
 
 # %% [markdown]
 # ## 8 · Classifier-free guidance

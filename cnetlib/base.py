@@ -17,7 +17,6 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TOY_PALETTE, Fill50k, check_palette
-from .diffusion import classifier_free_guidance, ddim_sample, ddpm_sample, make_schedule
 from .metrics import PromptFollowing, prompt_following
 from .runtime import DATA_DIR, pick, smoke_mode
 from .train import TrainResult, train_denoiser
@@ -32,8 +31,8 @@ DEFAULT_GUIDANCE = 3.0
 class BaseRecipe:
     """How the shipped base was trained (chapter 01 explains each choice)."""
 
-    steps: int = 1200
-    batch_size: int = 32
+    steps: int = 1500
+    batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 100
     drop_prompt: float = 0.15
@@ -50,7 +49,8 @@ SMOKE_RECIPE = BaseRecipe(steps=20, batch_size=16, n_train=512)
 
 
 def train_base(recipe: BaseRecipe = BASE_RECIPE, config: UNetConfig | None = None,
-               progress: bool = True, init: str | Path | None = None) -> TrainResult:
+               progress: bool = True, init: str | Path | None = None,
+               device: torch.device | str = "cpu") -> TrainResult:
     """Train a :class:`ToyUNet` on Fill50k targets with their prompts.
 
     The model is fresh, or starts from the weights of checkpoint ``init`` (to continue
@@ -68,7 +68,7 @@ def train_base(recipe: BaseRecipe = BASE_RECIPE, config: UNetConfig | None = Non
     data = Fill50k(recipe.n_train, size=recipe.image_size, seed=recipe.seed, palette=recipe.palette)
     return train_denoiser(model, data, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
                           warmup=recipe.warmup, drop_prompt=recipe.drop_prompt, ema_decay=recipe.ema_decay,
-                          seed=recipe.seed, progress=progress)
+                          seed=recipe.seed, progress=progress, device=device)
 
 
 def training_meta(recipe: BaseRecipe, result: TrainResult, **extra) -> dict:
@@ -102,34 +102,16 @@ def load_or_train_base(path: str | Path = BASE_CHECKPOINT, recipe: BaseRecipe | 
 
 @torch.no_grad()
 def generate(model: ToyUNet, prompts: Sequence[str], *, guidance: float = DEFAULT_GUIDANCE,
-             sampler: str = "ddim", steps: int = 50, seed: int = 0, progress: bool = False,
-             model_kwargs: dict | None = None) -> torch.Tensor:
+             sampler: str = "ddim", steps: int = 50, seed: int = 0, progress: bool = False) -> torch.Tensor:
     """Sample one image per prompt with classifier-free guidance; returns ``(B, 3, H, W)`` in [-1, 1].
 
     ``sampler`` is ``"ddim"`` (``steps`` steps, deterministic) or ``"ddpm"`` (all T
-    steps). ``model_kwargs`` are passed to every call of the model on the conditional
-    branch (later chapters pass ControlNet residuals this way).
+    steps). This is :func:`cnetlib.guidance.sample` with no control, the form chapter 01
+    uses; later chapters pass ControlNets to ``sample`` directly.
     """
-    cfg = model.config
-    schedule = make_schedule(cfg.schedule)
-    shape = (len(prompts), cfg.in_channels, cfg.image_size, cfg.image_size)
-    c_cond = model.encode_prompts(list(prompts))
-    c_uncond = model.encode_prompts([""] * len(prompts))
-    kw = model_kwargs or {}
+    from .guidance import sample
 
-    def cond(x, t):
-        return model(x, t, c_cond, **kw)
-
-    def uncond(x, t):
-        return model(x, t, c_uncond)
-
-    fn = classifier_free_guidance(cond, uncond, guidance)
-    g = torch.Generator().manual_seed(seed)
-    if sampler == "ddim":
-        return ddim_sample(fn, shape, schedule, cfg.prediction, steps=steps, generator=g, progress=progress)
-    if sampler == "ddpm":
-        return ddpm_sample(fn, shape, schedule, cfg.prediction, generator=g, progress=progress)
-    raise ValueError(f"sampler: expected 'ddim' or 'ddpm', got {sampler!r}")
+    return sample(model, prompts, guidance=guidance, sampler=sampler, steps=steps, seed=seed, progress=progress)
 
 
 def sample_grid(model: ToyUNet, prompts: Sequence[str], guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
@@ -166,18 +148,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m cnetlib.base", description="Train the toy base UNet and save it.")
     p.add_argument("--out", type=Path, default=BASE_CHECKPOINT, help="checkpoint path (default: %(default)s)")
     p.add_argument("--steps", type=int, default=BASE_RECIPE.steps)
+    p.add_argument("--batch-size", type=int, default=BASE_RECIPE.batch_size)
     p.add_argument("--seed", type=int, default=BASE_RECIPE.seed)
     p.add_argument("--lr", type=float, default=BASE_RECIPE.lr)
+    p.add_argument("--channels", type=int, nargs="+", default=None,
+                   help="channels per level (default: UNetConfig's); attention on the last level")
     p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint's weights")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--eval", type=int, default=112, help="number of samples to evaluate (0: skip)")
     args = p.parse_args(argv)
-    recipe = BaseRecipe(steps=args.steps, seed=args.seed, lr=args.lr)
-    result = train_base(recipe, init=args.init)
+    recipe = BaseRecipe(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size)
+    config = None
+    if args.channels:
+        n = len(args.channels)
+        config = UNetConfig(channels=tuple(args.channels), attention_levels=(False,) * (n - 1) + (True,),
+                            groups=min(4, min(args.channels)))
+    result = train_base(recipe, config, init=args.init, device=args.device)
     if result.interrupted:
         raise SystemExit("interrupted: no checkpoint written")
-    scores = evaluate_prompt_following(result.model, args.eval).summary() if args.eval else {}
-    meta = training_meta(recipe, result, init=str(args.init) if args.init else None, **scores)
-    save_checkpoint(result.model, args.out, meta=meta)
+    model = result.model.to(args.device)
+    scores = evaluate_prompt_following(model, args.eval).summary() if args.eval else {}
+    meta = training_meta(recipe, result, init=str(args.init) if args.init else None, device=args.device, **scores)
+    save_checkpoint(model.cpu(), args.out, meta=meta)
     print(json.dumps({"checkpoint": str(args.out), **{k: v for k, v in meta.items() if k != "losses"}}))
 
 

@@ -398,6 +398,8 @@ class Fill50k(_PairDataset):
     ``make_sample(i, size=size, seed=seed, palette=palette)``. Items are dicts with
     ``source`` (3, H, W) in [0, 1], ``target`` (3, H, W) in [-1, 1] and ``prompt``;
     with ``with_meta=True`` also the exact disk ``mask`` and the colours.
+    ``condition`` picks what ``source`` holds: ``"outline"`` (Fill50K's) or
+    ``"colour_hint"`` (:func:`colour_hint`, chapter 06's second condition).
     Introduced in chapter 01.
     """
 
@@ -410,9 +412,13 @@ class Fill50k(_PairDataset):
         palette: Sequence[str] = TOY_PALETTE,
         with_meta: bool = False,
         progress: bool = False,
+        condition: str = "outline",
     ) -> None:
         if n < 1:
             raise ValueError(f"n: expected at least 1 sample, got {n}")
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition: expected one of {CONDITIONS}, got {condition!r}")
+        self.condition = condition
         self.size, self.seed, self.palette, self.with_meta = size, seed, check_palette(palette), with_meta
         self.specs = [sample_spec(i, size=size, seed=seed, palette=self.palette) for i in range(n)]
         self.sources = np.empty((n, size, size, 3), np.uint8)
@@ -422,9 +428,29 @@ class Fill50k(_PairDataset):
             s = render(spec, size)
             self.sources[i], self.targets[i], self.masks[i] = s.source, s.target, s.mask
         self.prompts = [s.prompt for s in self.specs]
+        if condition == "colour_hint":
+            self.sources = colour_hint(self.targets)
 
     def mask(self, i: int) -> np.ndarray:
         return self.masks[i]
+
+
+#: What a Fill50k source image can be.
+CONDITIONS = ("outline", "colour_hint")
+
+
+def colour_hint(targets: np.ndarray, cells: int = 4) -> np.ndarray:
+    """A coarse colour map of each target: the mean colour of each of ``cells`` × ``cells``
+    blocks, blown back up to full size (uint8 ``(..., H, W, 3)``). It carries both colours
+    and a blurred position, but no outline (chapter 06's second condition)."""
+    t = np.asarray(targets)
+    if t.dtype != np.uint8 or t.shape[-1] != 3 or t.shape[-2] % cells or t.shape[-3] % cells:
+        raise ValueError(f"targets: expected uint8 (..., H, W, 3) with H and W divisible by {cells}, "
+                         f"got {t.dtype} {t.shape}")
+    h, w = t.shape[-3], t.shape[-2]
+    blocks = t.reshape(*t.shape[:-3], cells, h // cells, cells, w // cells, 3).astype(np.float64).mean(axis=(-4, -2))
+    up = np.repeat(np.repeat(blocks, h // cells, axis=-3), w // cells, axis=-2)
+    return np.round(up).astype(np.uint8)
 
 
 PROMPT_FILE = "prompt.json"
@@ -475,13 +501,7 @@ class Fill50kFolder(_PairDataset):
         records = read_prompt_file(self.root)
         if limit is not None:
             records = records[:limit]
-        missing = [p for r in records for p in (r["source"], r["target"]) if not (self.root / p).is_file()]
-        if missing:
-            shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            raise FileNotFoundError(
-                f"{self.root}: incomplete dataset: {len(missing)} image file(s) named in {PROMPT_FILE} "
-                f"are missing ({shown})"
-            )
+        check_folder(self.root, records)
         self.prompts = [r["prompt"] for r in records]
         srcs, tgts = [], []
         for r in tqdm(records, desc=f"read {self.root.name}", disable=not progress, leave=False):
@@ -492,6 +512,55 @@ class Fill50kFolder(_PairDataset):
             raise ValueError(f"{self.root}: expected every image to have one size, got sizes {sorted(shapes)}; pass size=")
         self.sources, self.targets = np.stack(srcs), np.stack(tgts)
         self.size = self.sources.shape[1]
+
+
+def check_folder(root: Path, records: list[dict]) -> None:
+    """Raise, listing them, if any image named in ``prompt.json`` is missing."""
+    missing = [p for r in records for p in (r["source"], r["target"]) if not (root / p).is_file()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise FileNotFoundError(
+            f"{root}: incomplete dataset: {len(missing)} image file(s) named in {PROMPT_FILE} are missing ({shown})"
+        )
+
+
+class LazyPairs(Dataset):
+    """Pairs made one at a time, for 512 px training where 50,000 pairs do not fit in memory
+    (chapter 08). ``LazyPairs(n, size=512)`` renders generator samples on demand;
+    ``LazyPairs.from_folder(root, size)`` reads the authors' layout file by file (checked
+    for completeness first). Items: ``source`` (3, H, W) in [0, 1], ``target`` in [-1, 1],
+    ``prompt``, and ``mask`` (the disk, generated pairs only).
+    """
+
+    def __init__(self, n: int, *, size: int = 512, seed: int = 0, palette: Sequence[str] = FULL_PALETTE) -> None:
+        if n < 1:
+            raise ValueError(f"n: expected at least 1 sample, got {n}")
+        self.n, self.size, self.seed, self.palette = n, size, seed, check_palette(palette)
+        self.root: Path | None = None
+        self.records: list[dict] = []
+
+    @classmethod
+    def from_folder(cls, root: str | Path, size: int = 512, limit: int | None = None) -> "LazyPairs":
+        records = read_prompt_file(root)[:limit]
+        check_folder(Path(root), records)
+        out = cls(len(records), size=size)
+        out.root, out.records = Path(root), records
+        return out
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if self.root is None:
+            s = make_sample(i, size=self.size, seed=self.seed, palette=self.palette)
+            src, tgt, prompt = s.source, s.target, s.prompt
+            extra = {"mask": torch.from_numpy(s.mask)}
+        else:
+            r = self.records[i]
+            src = _load_rgb(self.root / r["source"], self.size, Image.NEAREST)
+            tgt = _load_rgb(self.root / r["target"], self.size, Image.BILINEAR)
+            prompt, extra = r["prompt"], {}
+        return {"source": source_to_tensor(src), "target": target_to_tensor(tgt), "prompt": prompt, **extra}
 
 
 def read_prompt_file(root: str | Path) -> list[dict]:

@@ -161,17 +161,20 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
 def ddim_sample(model_fn: ModelFn, shape: tuple[int, ...], schedule: Schedule, prediction: str, *,
                 steps: int = 50, eta: float = 0.0, generator: torch.Generator | None = None,
                 x_T: torch.Tensor | None = None, clip_x0: bool = True, progress: bool = False,
-                callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+                callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
     """DDIM (Song et al.): deterministic for ``eta = 0``, DDPM-like for ``eta = 1``.
 
     ``x_{t'} = √ᾱ_{t'} x̂_0 + √(1−ᾱ_{t'}−σ²) ε̂ + σ z``. ``callback(t, x_t, x̂_0)`` sees
-    every step (used for the denoising strips in the chapters).
+    every step (used for the denoising strips in the chapters). Noise is drawn on the
+    CPU from ``generator`` and moved to ``device``, so a seed gives the same x_T anywhere.
     """
     x = torch.randn(shape, generator=generator) if x_T is None else x_T.clone()
+    x = x if device is None else x.to(device)
     ab = schedule.alphas_cumprod
     ts = ddim_timesteps(schedule.T, steps)
     for k, t in enumerate(tqdm(ts, desc="DDIM", disable=not progress, leave=False)):
-        tt = torch.full((shape[0],), t, dtype=torch.long)
+        tt = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
         x0, eps = to_x0_eps(model_fn(x, tt), x, tt, schedule, prediction)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
@@ -183,7 +186,7 @@ def ddim_sample(model_fn: ModelFn, shape: tuple[int, ...], schedule: Schedule, p
             return x0
         a_prev = ab[ts[k + 1]].item()
         sigma = eta * math.sqrt((1 - a_prev) / (1 - ab[t].item()) * (1 - ab[t].item() / a_prev))
-        noise = torch.randn(shape, generator=generator) if eta > 0 else 0.0
+        noise = torch.randn(shape, generator=generator).to(x.device) if eta > 0 else 0.0
         x = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps + sigma * noise
     return x
 
@@ -191,13 +194,14 @@ def ddim_sample(model_fn: ModelFn, shape: tuple[int, ...], schedule: Schedule, p
 @torch.no_grad()
 def ddpm_sample(model_fn: ModelFn, shape: tuple[int, ...], schedule: Schedule, prediction: str, *,
                 generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
-                clip_x0: bool = True, progress: bool = False) -> torch.Tensor:
+                clip_x0: bool = True, progress: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
     """Ancestral DDPM sampling over all T steps with the posterior q(x_{t−1} | x_t, x̂_0)."""
     x = torch.randn(shape, generator=generator) if x_T is None else x_T.clone()
+    x = x if device is None else x.to(device)
     betas = schedule.betas
     ab = schedule.alphas_cumprod
     for t in tqdm(range(schedule.T - 1, -1, -1), desc="DDPM", disable=not progress, leave=False):
-        tt = torch.full((shape[0],), t, dtype=torch.long)
+        tt = torch.full((shape[0],), t, dtype=torch.long, device=x.device)
         x0, _ = to_x0_eps(model_fn(x, tt), x, tt, schedule, prediction)
         if clip_x0:
             x0 = x0.clamp(-1, 1)
@@ -207,5 +211,5 @@ def ddpm_sample(model_fn: ModelFn, shape: tuple[int, ...], schedule: Schedule, p
         # posterior mean  μ̃ = (√ᾱ_{t−1} β_t x̂_0 + √α_t (1−ᾱ_{t−1}) x_t) / (1−ᾱ_t)
         mean = (math.sqrt(ab_prev) * beta * x0 + math.sqrt(1 - beta) * (1 - ab_prev) * x) / (1 - ab_t)
         var = beta * (1 - ab_prev) / (1 - ab_t)
-        x = mean + math.sqrt(var) * torch.randn(shape, generator=generator)
+        x = mean + math.sqrt(var) * torch.randn(shape, generator=generator).to(x.device)
     return x

@@ -1,0 +1,466 @@
+"""ControlNet: the zero convolution, the trainable copy, and a frozen base steered by it.
+
+Chapter 02 explains :func:`zero_conv`; chapter 03 builds :class:`ControlNet` and
+:class:`ControlledUNet`. The paper's block (Zhang, Rao & Agrawala, 2023, eq. 2):
+
+    y_c = F(x; Θ) + Z(F(x + Z(c; Θz1); Θc); Θz2)
+
+* F(·; Θ) is a block of the frozen base, here the whole encoder of a :class:`~cnetlib.unet.ToyUNet`
+  (its input conv, input blocks and middle block);
+* Θc is a **trainable copy** of those weights (:func:`trainable_copy`);
+* Z(·; Θz) are **zero convolutions** (1×1, weight and bias 0): at step 0 both output 0,
+  so y_c = y and the frozen model is untouched;
+* c is the condition image. A small condition encoder E maps it to the feature grid
+  first (c_f = E(c)); its last layer is the zero convolution Z(c; Θz1), and c_f is
+  added to the output of the copy's input conv (reference code: ``h += guided_hint``).
+
+Every output of the copy's input blocks goes through its own zero conv and is added to
+the matching skip connection of the base, the middle block's output to the base's
+middle block: one residual per connection (SD: 12 + 1 = 13; the toy base: 6 + 1 = 7).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .checks import check_images
+from .unet import Connection, ToyUNet, UNetConfig, _broadcast_t, count_parameters, timestep_embedding
+
+CONDITION_ENCODERS = ("paper", "reference")
+CONNECTORS = ("zero", "gaussian")
+COPIES = ("full", "lite")
+
+#: The paper's text: four 4×4 convs with ReLU, 16/32/64/128 channels.
+PAPER_HINT_CHANNELS = (16, 32, 64, 128)
+#: The reference code (``cldm.py``, diffusers): seven 3×3 convs with SiLU, three of them stride 2.
+REFERENCE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
+#: The toy chapters' condition encoder: the reference layout at 1/8 of its widths (capped at 32),
+#: because at 32 px nothing is downsampled and full widths would cost more than the whole base.
+TOY_HINT_CHANNELS = (8, 8, 16, 16, 32, 32, 32)
+#: ControlNet variants of the ablations (chapters 02 and 04).
+VARIANTS = ("zero", "gaussian", "lite")
+
+
+# ----------------------------------------------------------------------------------
+# The two building blocks: zero convolution and trainable copy (chapters 02-03)
+# ----------------------------------------------------------------------------------
+def zero_conv(in_ch: int, out_ch: int, kernel_size: int = 1) -> nn.Conv2d:
+    """Z(·; Θz): a convolution whose weight and bias start at exactly 0.
+
+    Its output is 0 whatever its input, but its gradient is not: for y = W x + b,
+    ∂L/∂W = ∂L/∂y · xᵀ ≠ 0 and ∂L/∂b = ∂L/∂y. So the first optimiser step moves W away
+    from 0 and the gradient reaches the layers behind it from the second step on
+    (chapter 02 measures this).
+    """
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def gaussian_conv(in_ch: int, out_ch: int, std: float | None = None, kernel_size: int = 1,
+                  generator: torch.Generator | None = None) -> nn.Conv2d:
+    """The ablation of chapter 02/04: a connector with weights drawn from N(0, std²), bias 0.
+
+    ``std=None`` uses 1/√fan_in, the scale of a standard initialisation.
+    """
+    conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
+    fan_in = in_ch * kernel_size * kernel_size
+    with torch.no_grad():
+        w = torch.randn(conv.weight.shape, generator=generator)
+        conv.weight.copy_(w * (1 / math.sqrt(fan_in) if std is None else std))
+        conv.bias.zero_()
+    return conv
+
+
+def trainable_copy(module: nn.Module) -> nn.Module:
+    """Θc: a deep copy of a (frozen) module with every parameter trainable again."""
+    clone = copy.deepcopy(module)
+    clone.requires_grad_(True)
+    return clone
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights: tells which base a ControlNet was copied from."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------
+# The condition encoder E: control image c -> feature map c_f
+# ----------------------------------------------------------------------------------
+class ConditionEncoder(nn.Module):
+    """E(c): maps a control image (B, C, H, W) in [0, 1] to (B, out_ch, H/2^k, W/2^k).
+
+    ``variant="paper"``: the paper's text, convs with 4×4 kernels and ReLU
+    (default 16, 32, 64, 128 channels), followed by the zero conv Z(c; Θz1) (1×1).
+    ``variant="reference"``: the reference code, 3×3 convs with SiLU (default
+    16, 16, 32, 32, 96, 96, 256) and a zero-initialised 3×3 output conv.
+
+    ``downsample`` = k stride-2 steps (3 for SD: 512 → 64). When the grid is finer
+    than the variant's own count (the toy base works in pixel space: k = 0), the
+    surplus stride-2 convs run at stride 1: the strides adapt to the base.
+    """
+
+    def __init__(self, variant: str, in_ch: int, out_ch: int, downsample: int,
+                 channels: Sequence[int] | None = None) -> None:
+        super().__init__()
+        if variant not in CONDITION_ENCODERS:
+            raise ValueError(f"condition encoder: expected one of {CONDITION_ENCODERS}, got {variant!r}")
+        self.variant, self.downsample = variant, downsample
+        layers: list[nn.Module] = []
+        if variant == "paper":
+            chans = tuple(channels or PAPER_HINT_CHANNELS)
+            if downsample > len(chans):
+                raise ValueError(f"downsample: the paper encoder has {len(chans)} convs, cannot downsample {downsample}x")
+            c = in_ch
+            for k, ch in enumerate(chans):
+                if k >= len(chans) - downsample:  # 4×4 / 2 halves the side with padding 1
+                    layers += [nn.Conv2d(c, ch, 4, stride=2, padding=1), nn.ReLU()]
+                else:  # 4×4 / 1 keeps it with padding 1 before and 2 after
+                    layers += [nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(c, ch, 4), nn.ReLU()]
+                c = ch
+            layers.append(zero_conv(c, out_ch, 1))
+        else:
+            chans = tuple(channels or REFERENCE_HINT_CHANNELS)
+            # stride-2 candidates: every conv that increases the channel count after the first
+            candidates = [k for k in range(1, len(chans)) if k % 2 == 0]
+            if downsample > len(candidates):
+                raise ValueError(f"downsample: the reference encoder has {len(candidates)} stride-2 convs, "
+                                 f"cannot downsample {downsample}x")
+            strided = set(candidates[len(candidates) - downsample:])
+            c = in_ch
+            for k, ch in enumerate(chans):
+                layers += [nn.Conv2d(c, ch, 3, stride=2 if k in strided else 1, padding=1), nn.SiLU()]
+                c = ch
+            layers.append(zero_conv(c, out_ch, 3))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return self.layers(c)
+
+    def stages(self, c: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
+        """``(layer, output shape)`` after every conv: what chapter 03 prints."""
+        out = []
+        for layer in self.layers:
+            c = layer(c)
+            if isinstance(layer, nn.Conv2d):
+                out.append((f"conv {layer.kernel_size[0]}x{layer.kernel_size[0]} /{layer.stride[0]}", tuple(c.shape[1:])))
+        return out
+
+    def receptive_field(self) -> int:
+        """Side, in input pixels, of the region one output pixel sees."""
+        rf, jump = 1, 1
+        for layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                rf += (layer.kernel_size[0] - 1) * jump
+                jump *= layer.stride[0]
+        return rf
+
+
+# ----------------------------------------------------------------------------------
+# The ControlNet
+# ----------------------------------------------------------------------------------
+@dataclass
+class ControlNetConfig:
+    """Everything that defines a :class:`ControlNet`; saved with every checkpoint.
+
+    ``base`` is the config of the UNet it was copied from. ``condition_size`` is the
+    control image's side (the base's image size for the toy; 512 for SD's 64 latents).
+    ``connector`` is ``"zero"`` (the paper) or ``"gaussian"`` (ablation, std
+    ``connector_std``); ``copy`` is ``"full"`` (the trainable copy) or ``"lite"``
+    (ControlNet-lite: one conv per block instead of the copy).
+    """
+
+    base: dict
+    condition_encoder: str = "reference"
+    condition_channels: int = 3
+    condition_size: int | None = None
+    hint_channels: tuple[int, ...] | None = None
+    connector: str = "zero"
+    connector_std: float | None = None
+    copy: str = "full"
+    base_fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.base, UNetConfig):
+            self.base = self.base.to_dict()
+        if self.hint_channels is not None:
+            self.hint_channels = tuple(self.hint_channels)
+        for name, value, allowed in (("condition_encoder", self.condition_encoder, CONDITION_ENCODERS),
+                                     ("connector", self.connector, CONNECTORS), ("copy", self.copy, COPIES)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+        size = self.base_config.image_size
+        self.condition_size = self.condition_size or size
+        ratio = self.condition_size / size
+        if ratio < 1 or ratio != 2 ** round(math.log2(ratio)):
+            raise ValueError(f"condition_size: expected the base's size {size} times a power of 2, "
+                             f"got {self.condition_size}")
+
+    @property
+    def base_config(self) -> UNetConfig:
+        return UNetConfig(**self.base)
+
+    @property
+    def downsample(self) -> int:
+        """Stride-2 steps of the condition encoder: log2(condition size / base input size)."""
+        return round(math.log2(self.condition_size / self.base_config.image_size))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+class ControlNet(nn.Module):
+    """Trainable copy Θc of a base's encoder + condition encoder + one zero conv per connection.
+
+    Build it from a trained base with :meth:`from_unet` (weights copied) or from a
+    config (random copy, for loading a checkpoint). ``forward(x, t, context, condition)``
+    returns ``(down_residuals, mid_residual)``: exactly what
+    :meth:`cnetlib.unet.ToyUNet.forward` adds to its skips and middle block.
+    """
+
+    def __init__(self, config: ControlNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        base = ToyUNet(config.base_config)  # the layout to copy (weights come from from_unet or a checkpoint)
+        self.connections: tuple[Connection, ...] = base.connections
+        ch0 = base.config.channels[0]
+        self.condition_encoder = ConditionEncoder(config.condition_encoder, config.condition_channels, ch0,
+                                                  config.downsample, config.hint_channels)
+        if config.copy == "full":
+            # Θc: the trainable copy of everything in the encoder path (SD: time embedding too)
+            self.time_embed = trainable_copy(base.time_embed)
+            self.text_embed = trainable_copy(base.text_embed) if base.text_embed is not None else None
+            self.input_blocks = trainable_copy(base.input_blocks)
+            self.middle_block = trainable_copy(base.middle_block)
+        else:
+            # ControlNet-lite: the input conv, then a single conv per later connection
+            self.input_blocks = nn.ModuleList([trainable_copy(base.input_blocks[0][0])])
+            prev = self.connections[0]
+            for conn in self.connections[1:]:
+                stride = prev.resolution // conn.resolution
+                self.input_blocks.append(nn.Conv2d(prev.channels, conn.channels, 3, stride=stride, padding=1))
+                prev = conn
+        # Z(·; Θz2): one connector per connection, the last one for the middle block
+        self.zero_convs = nn.ModuleList([self._connector(k.channels, k.index) for k in self.connections])
+        self.time_dim = base.config.time_dim
+
+    def _connector(self, ch: int, index: int) -> nn.Conv2d:
+        if self.config.connector == "zero":
+            return zero_conv(ch, ch)
+        return gaussian_conv(ch, ch, self.config.connector_std, generator=torch.Generator().manual_seed(index))
+
+    @classmethod
+    def from_unet(cls, unet: ToyUNet, **options) -> "ControlNet":
+        """Copy ``unet``'s encoder into a new ControlNet (options: :class:`ControlNetConfig` fields)."""
+        config = ControlNetConfig(base=unet.config.to_dict(), base_fingerprint=weights_fingerprint(unet), **options)
+        net = cls(config)
+        if config.copy == "full":
+            net.time_embed.load_state_dict(unet.time_embed.state_dict())
+            if net.text_embed is not None:
+                net.text_embed.load_state_dict(unet.text_embed.state_dict())
+            net.input_blocks.load_state_dict(unet.input_blocks.state_dict())
+            net.middle_block.load_state_dict(unet.middle_block.state_dict())
+        else:
+            net.input_blocks[0].load_state_dict(unet.input_blocks[0][0].state_dict())
+        return net
+
+    # ---- checks ------------------------------------------------------------------------
+    @property
+    def condition_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the control image this ControlNet reads."""
+        s = self.config.condition_size
+        return (self.config.condition_channels, s, s)
+
+    def check_base(self, base: ToyUNet) -> None:
+        """Raise if ``base`` has another layout than the UNet this ControlNet was copied from;
+        warn if it has the same layout but other weights (a fine-tuned base can still work)."""
+        given = base.config.to_dict()
+        if given != self.config.base:
+            from .checkpoint import config_diff
+
+            raise ValueError("ControlNet was built for another base: " + "; ".join(config_diff(self.config.base, given)))
+        fp = self.config.base_fingerprint
+        if fp is None:
+            return
+        if getattr(base, "_fingerprint", None) is None:
+            base._fingerprint = weights_fingerprint(base)  # cached: the base is frozen
+        if base._fingerprint != fp:
+            warnings.warn(f"ControlNet was copied from base weights {fp}, attached to {base._fingerprint}: "
+                          "same layout, other weights", stacklevel=3)
+
+    def check_condition(self, condition: torch.Tensor, x: torch.Tensor) -> None:
+        c, s, _ = self.condition_shape
+        scale = self.config.condition_size // self.config.base_config.image_size
+        want = (x.shape[-2] * scale, x.shape[-1] * scale)
+        check_images(condition, name="condition", channels=c, size=want, value_range=(0.0, 1.0))
+        if condition.shape[0] != x.shape[0]:
+            raise ValueError(f"condition: expected batch {x.shape[0]} (one per image), got {condition.shape[0]}")
+
+    # ---- forward -----------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                condition: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Residuals for every skip connection and for the middle block of the base.
+
+        ``x``: noisy images x_t; ``t``: timesteps; ``context``: the prompt c_t encoded by
+        the (frozen) base's text encoder; ``condition``: the control image c in [0, 1].
+        """
+        self.check_condition(condition, x)
+        c_f = self.condition_encoder(condition)               # E(c), ends in Z(c; Θz1): 0 at step 0
+        t = _broadcast_t(t, x.shape[0], x.device)
+        outs: list[torch.Tensor] = []
+        if self.config.copy == "lite":
+            h = self.input_blocks[0](x) + c_f
+            outs.append(self.zero_convs[0](h))
+            for conv, z in zip(self.input_blocks[1:], self.zero_convs[1:]):
+                h = F.silu(conv(h))
+                outs.append(z(h))
+            return outs[:-1], outs[-1]
+        temb = self.time_embed(timestep_embedding(t, self.time_dim))
+        if self.text_embed is not None:
+            temb = temb + self.text_embed(context.mean(dim=1))
+        h = x
+        for i, (block, z) in enumerate(zip(self.input_blocks, self.zero_convs)):
+            h = block(h, temb, context)                       # F(·; Θc), block by block
+            if i == 0:
+                h = h + c_f                                   # x + Z(c; Θz1), after the input conv
+            outs.append(z(h))                                 # Z(F(x + Z(c); Θc); Θz2)
+        h = self.middle_block(h, temb, context)
+        return outs, self.zero_convs[-1](h)
+
+
+def toy_controlnet(base: ToyUNet, variant: str = "zero", *, connector_std: float | None = None, seed: int = 0,
+                   condition_encoder: str = "reference", hint_channels: Sequence[int] | None = TOY_HINT_CHANNELS,
+                   **options) -> ControlNet:
+    """The book's toy ControlNet for ``base``: ``variant`` ``"zero"`` (the paper), ``"gaussian"``
+    (Gaussian-initialised connectors, std ``connector_std``) or ``"lite"`` (ControlNet-lite).
+    ``seed`` fixes the condition encoder's random initialisation."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    torch.manual_seed(seed)
+    return ControlNet.from_unet(base, condition_encoder=condition_encoder, hint_channels=hint_channels,
+                                connector="gaussian" if variant == "gaussian" else "zero", connector_std=connector_std,
+                                copy="lite" if variant == "lite" else "full", **options)
+
+
+# ----------------------------------------------------------------------------------
+# The frozen base steered by one or more ControlNets
+# ----------------------------------------------------------------------------------
+def _as_list(value, n: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"{name}: expected {n} values (one per ControlNet), got {len(value)}")
+        return list(value)
+    return [value] * n
+
+
+def control_residuals(
+    controlnets: Sequence[ControlNet],
+    x: torch.Tensor,
+    t: torch.Tensor,
+    context: torch.Tensor,
+    conditions: Sequence[torch.Tensor],
+    scales: Sequence[float] | float = 1.0,
+    connection_scales: Sequence[float] | None = None,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Σ_k s_k · (residuals of ControlNet k), each connection i further scaled by w_i.
+
+    The paper adds the outputs of several ControlNets without weights (all s_k = 1);
+    diffusers gives each its own ``controlnet_conditioning_scale``. ``connection_scales``
+    (length = number of connections, the middle block last) is the per-connection w_i
+    that guess mode and resolution weighting use (chapter 05).
+    """
+    if len(controlnets) == 0:
+        raise ValueError("controlnets: expected at least one ControlNet, got none")
+    conditions = _as_list(conditions, len(controlnets), "conditions") if isinstance(conditions, (list, tuple)) \
+        else [conditions] * len(controlnets)
+    scales = _as_list(scales, len(controlnets), "scales")
+    n = len(controlnets[0].connections)
+    if connection_scales is not None and len(connection_scales) != n:
+        raise ValueError(f"connection_scales: expected {n} values (one per connection, middle last), "
+                         f"got {len(connection_scales)}")
+    down: list[torch.Tensor] | None = None
+    mid: torch.Tensor | None = None
+    for net, cond, s in zip(controlnets, conditions, scales):
+        if len(net.connections) != n:
+            raise ValueError(f"controlnets: expected every ControlNet to have {n} connections, got {len(net.connections)}")
+        d, m = net(x, t, context, cond)
+        w = connection_scales or [1.0] * n
+        d = [r * (s * wi) for r, wi in zip(d, w[:-1])]
+        m = m * (s * w[-1])
+        down = d if down is None else [a + b for a, b in zip(down, d)]
+        mid = m if mid is None else mid + m
+    return down, mid  # type: ignore[return-value]
+
+
+class ControlledUNet(nn.Module):
+    """The frozen base F(·; Θ) with the residuals of one or more ControlNets added.
+
+    The base is kept in eval mode with ``requires_grad=False``: no gradient ever
+    reaches Θ, only the ControlNets train. ``forward(x, t, context, conditions,
+    scales=1.0, connection_scales=None)``; with one ControlNet, ``conditions`` can be
+    a tensor.
+    """
+
+    def __init__(self, base: ToyUNet, controlnets: ControlNet | Sequence[ControlNet]) -> None:
+        super().__init__()
+        nets = [controlnets] if isinstance(controlnets, ControlNet) else list(controlnets)
+        if not nets:
+            raise ValueError("controlnets: expected at least one ControlNet, got none")
+        for net in nets:
+            net.check_base(base)
+        self.base = base.eval().requires_grad_(False)
+        self.controlnets = nn.ModuleList(nets)
+
+    def train(self, mode: bool = True) -> "ControlledUNet":
+        super().train(mode)
+        self.base.eval()  # the frozen model never leaves eval mode
+        return self
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.base.config
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """c_t from the base's (frozen) text encoder."""
+        return self.base.encode_prompts(prompts)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                conditions: torch.Tensor | Sequence[torch.Tensor],
+                scales: float | Sequence[float] = 1.0,
+                connection_scales: Sequence[float] | None = None) -> torch.Tensor:
+        down, mid = control_residuals(list(self.controlnets), x, t, context, conditions, scales, connection_scales)
+        return self.base(x, t, context, down_residuals=down, mid_residual=mid)
+
+
+# ----------------------------------------------------------------------------------
+# Inspection: parameter counts and the connection table (chapter 03)
+# ----------------------------------------------------------------------------------
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """``{"trainable": ..., "frozen": ...}`` parameter counts."""
+    total = count_parameters(model)
+    trainable = count_parameters(model, trainable_only=True)
+    return {"trainable": trainable, "frozen": total - trainable}
+
+
+def connection_table(net: ControlNet) -> list[dict]:
+    """One row per connection: index, block kind, level, channels, h_i, and the zero conv's size."""
+    rows = []
+    for k, z in zip(net.connections, net.zero_convs):
+        rows.append({"index": k.index, "block": k.kind, "level": k.level, "channels": k.channels,
+                     "h_i": k.resolution, "connector": f"{z.kernel_size[0]}x{z.kernel_size[0]} conv",
+                     "connector_params": z.weight.numel() + z.bias.numel()})
+    return rows

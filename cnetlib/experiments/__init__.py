@@ -1,0 +1,1 @@
+"""Command-line experiments that reproduce the book's measured claims (chapter 04 on)."""

@@ -1,0 +1,220 @@
+"""Chapter 04's runs: the shipped logs, re-running them, and the plots that compare them.
+
+Every run of chapter 04 is one call of :func:`cnetlib.experiments.sudden_convergence.run_experiment`
+and lives in a folder with ``log.jsonl``, ``summary.json``, ``samples.npz`` (and
+``controlnet.pt`` for the seeds). The book ships them under ``data/sudden_convergence/``;
+regenerate one with the command in :data:`RUNS` (``python -m cnetlib.experiments.runs NAME``
+runs it).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime import DATA_DIR, ROOT
+
+SHIPPED = DATA_DIR / "sudden_convergence"
+#: Where full mode writes its own runs (ignored by git).
+LOCAL = ROOT / "runs" / "sudden_convergence"
+
+#: name -> keyword arguments of run_experiment (the CLI flags in the comment).
+RUNS: dict[str, dict] = {
+    "seed0": {"seed": 0},                                  # --seed 0
+    "seed1": {"seed": 1},                                  # --seed 1
+    "seed2": {"seed": 2},                                  # --seed 2
+    "gaussian": {"seed": 0, "variant": "gaussian"},       # --variant gaussian
+    "lite": {"seed": 0, "variant": "lite"},               # --variant lite
+    "drop0": {"seed": 0, "drop_prompt": 0.0},              # --drop-prompt 0
+    "n1000": {"seed": 0, "n_train": 1000},                 # --n-train 1000
+    "colour": {"seed": 0, "condition": "colour_hint"},     # --condition colour_hint (chapter 06)
+}
+SEEDS = ("seed0", "seed1", "seed2")
+
+
+@dataclass
+class Run:
+    """A finished run read back from its folder."""
+
+    name: str
+    folder: Path
+    log: list[dict]
+    summary: dict
+    samples: dict = field(default_factory=dict)  #: step -> {"images": uint8 (k,H,W,3), "images_no_prompt": ...}
+
+    def curve(self, key: str = "iou") -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of one logged quantity, at the evaluations that have it."""
+        rows = [r for r in self.log if key in r]
+        return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
+
+    def per_sample(self, key: str = "proxy_iou_per_sample") -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, (evaluations, samples) array)`` of a per-sample quantity."""
+        rows = [r for r in self.log if key in r]
+        return np.array([r["step"] for r in rows]), np.array([r[key] for r in rows], dtype=float)
+
+    def seconds_at(self, step: int | None) -> float | None:
+        """Wall-clock seconds of training (evaluations included) when ``step`` was reached."""
+        if step is None:
+            return None
+        rows = [r for r in self.log if r["step"] >= step and "seconds" in r]
+        return rows[0]["seconds"] if rows else None
+
+    def sample_steps(self) -> list[int]:
+        return sorted(self.samples)
+
+
+def load_run(folder: str | Path, name: str | None = None) -> Run:
+    """Read a run folder (``log.jsonl``, ``summary.json``, ``samples.npz``); errors name what is missing."""
+    folder = Path(folder)
+    missing = [f for f in ("log.jsonl", "summary.json") if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a finished run, missing {', '.join(missing)}")
+    log = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((folder / "summary.json").read_text())
+    samples: dict = {}
+    if (folder / "samples.npz").is_file():
+        with np.load(folder / "samples.npz") as z:
+            for key in z.files:
+                kind, step = key.rsplit("_", 1)
+                samples.setdefault(int(step), {})[kind] = z[key]
+    return Run(name or folder.name, folder, log, summary, samples)
+
+
+def run_or_load(name: str, *, train: bool, progress: bool = True, device: str = "cpu") -> Run:
+    """The run ``name`` of :data:`RUNS`: trained into ``runs/sudden_convergence/NAME`` when
+    ``train`` (resuming an interrupted one, reusing a finished one), else the shipped copy."""
+    if name not in RUNS:
+        raise KeyError(f"run: expected one of {sorted(RUNS)}, got {name!r}")
+    if not train:
+        return load_run(SHIPPED / name, name)
+    out = LOCAL / name
+    if not (out / "summary.json").is_file():
+        from .sudden_convergence import run_experiment
+
+        run_experiment(out=out, progress=progress, device=device, **RUNS[name])
+    return load_run(out, name)
+
+
+def load_controlnet(name: str = "seed0", *, train: bool = False, progress: bool = True):
+    """The trained ControlNet of run ``name`` (``controlnet.pt`` of its folder), frozen, in eval mode.
+
+    Chapters 05 and 06 use ``seed0`` (the outline ControlNet) and ``colour`` (the colour
+    hint). With ``train`` the run is trained (or reused) under ``runs/`` first.
+    """
+    from ..checkpoint import load_checkpoint
+    from ..controlnet import ControlNet, ControlNetConfig
+
+    folder = (LOCAL if train else SHIPPED) / name
+    if train:
+        run_or_load(name, train=True, progress=progress)
+    path = folder / "controlnet.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained ControlNet; regenerate it with "
+                                f"`python -m cnetlib.experiments.runs {name}`")
+    return load_checkpoint(path, ControlNet, ControlNetConfig).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------
+def plot_fidelity_and_loss(runs: list[Run], title: str = "condition fidelity and loss"):
+    """Sampled IoU (and the proxy, faint) above, the training loss below, for each run."""
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 5.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for k, run in enumerate(runs):
+        color = f"C{k}"
+        s, v = run.curve("proxy_iou")
+        a1.plot(s, v, color=color, alpha=0.35, lw=1)
+        s, v = run.curve("iou")
+        a1.plot(s, v, "o-", color=color, ms=3, label=f"{run.name}: sampled IoU")
+        jump = run.summary.get("jump", {}).get("jump_step")
+        if jump is not None:
+            a1.axvline(jump, color=color, ls=":", lw=1)
+        s, v = run.curve("loss")
+        a2.plot(s[1:], v[1:], color=color, lw=1)
+    a1.set(ylabel="IoU with the condition's disk", ylim=(0.3, 0.95), title=title)
+    a1.legend(fontsize=7, loc="lower right")
+    a2.set(xlabel="training step", ylabel="loss (mean of 25 steps)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(runs: list[Run], key: str = "iou", labels: list[str] | None = None, title: str = ""):
+    """One logged quantity against the step for several runs, one line each."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, run in enumerate(runs):
+        s, v = run.curve(key)
+        ax.plot(s, v, "o-", ms=2.5, label=labels[k] if labels else run.name)
+    ax.set(xlabel="training step", ylabel=key.replace("_", " "), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def sample_strip(run: Run, steps: list[int], conditions: np.ndarray, key: str = "images"):
+    """The paper's Figure 4 at toy scale: the condition row, then the samples at each step."""
+    from .. import viz
+
+    steps = [min(run.sample_steps(), key=lambda s: abs(s - want)) for want in steps]
+    k = run.samples[steps[0]][key].shape[0]
+    rows = [conditions[:k]] + [run.samples[s][key] for s in steps]
+    titles = ["condition"] + [""] * (k - 1)
+    for s in steps:
+        titles += [f"step {s}"] + [""] * (k - 1)
+    return viz.image_grid(np.concatenate(rows), titles, ncols=k, scale=1.05)
+
+
+def summary_table(runs: list[Run]) -> list[dict]:
+    """One row per run: jump step, seconds to it, sharpness, IoU before/after, colours, per-sample figures."""
+    rows = []
+    for run in runs:
+        s = run.summary
+        j, ps = s.get("jump", {}), s.get("per_sample_proxy", {})
+        rows.append({"run": run.name, "jump_step": j.get("jump_step"), "seconds_to_jump": run.seconds_at(j.get("jump_step")),
+                     "step_10": j.get("step_10"), "step_90": j.get("step_90"), "sharpness": j.get("sharpness"),
+                     "abrupt": j.get("abrupt"), "iou_before": s.get("iou_before"), "iou_after": s.get("iou_after"),
+                     "iou_no_prompt_after": s.get("iou_no_prompt_after"),
+                     "circle_accuracy": s.get("circle_accuracy_after"),
+                     "background_accuracy": s.get("background_accuracy_after"),
+                     "samples_switched": ps.get("switched"), "sample_switch_iqr": (ps.get("q25"), ps.get("q75")),
+                     "sample_sharpness": ps.get("median_sharpness"), "samples_abrupt": ps.get("abrupt_share"),
+                     "seconds": s.get("seconds")})
+    return rows
+
+
+def print_table(rows: list[dict], keys: list[str]) -> None:
+    """Print rows as an aligned text table (numbers to 2-3 significant digits)."""
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
+        if isinstance(v, tuple):
+            return "–".join(fmt(x) for x in v)
+        return "—" if v is None else str(v)
+
+    cells = [[fmt(r[k]) for k in keys] for r in rows]
+    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
+    print("  ".join(k.rjust(w) for k, w in zip(keys, widths)))
+    for c in cells:
+        print("  ".join(x.rjust(w) for x, w in zip(c, widths)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cnetlib.experiments.runs NAME [NAME ...]``: (re)generate shipped runs into data/."""
+    from .sudden_convergence import run_experiment
+
+    names = (argv if argv is not None else sys.argv[1:]) or list(RUNS)
+    for name in names:
+        if name not in RUNS:
+            raise SystemExit(f"run: expected one of {sorted(RUNS)}, got {name!r}")
+        _, summary = run_experiment(out=SHIPPED / name, progress=True, **RUNS[name])
+        print(name, json.dumps({k: summary[k] for k in ("seconds", "iou_before", "iou_after") if k in summary}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Inference-time control: classifier-free guidance with ControlNet, in every named mode.
+
+Chapter 04 samples with mode ``"both"``; chapter 05 compares all of them; chapter 06
+passes several ControlNets. With ε_c = the model with the prompt c_t and ε_uc = with
+the empty prompt, classifier-free guidance is (paper, section 4)
+
+    ε = ε_uc + β (ε_c − ε_uc).
+
+Where does the control go?
+
+* ``"both"``: ControlNet's residuals are added in ε_uc and in ε_c (diffusers' default);
+* ``"cond_only"``: only in ε_c, so the guidance term β(ε_c − ε_uc) carries the control too;
+* ``"resolution_weighted"``: only in ε_c, and connection i is multiplied by
+  w_i ∝ 64 / h_i (the paper's "CFG resolution weighting"; h_i is the side of that
+  block's feature map), so deep, coarse blocks weigh more. No public reference code
+  implements it; the literal ×8 on the middle block is reported to break generation, so
+  here the weights are normalised to ``max_weight · h_min / h_i``: the coarsest
+  connection gets ``max_weight``, the finest ``max_weight · h_min / h_max`` (chapter 05);
+* ``"guess"``: only in ε_c with w_i = 0.825^(n−1−i), the reference code's guess mode,
+  which diffusers writes ``logspace(-1, 0, n)`` (the first, finest block gets 0.1, the
+  middle block 1).
+
+Every mode takes a global ``conditioning_scale`` and a window ``[control_start,
+control_end)`` of the sampling steps (as fractions) outside which no control is added.
+Nothing here is specific to the toy UNet's size: the weights are computed from the
+connection table, so SD's 13 connections (chapter 07) use the same functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .controlnet import ControlNet, control_residuals
+from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample, make_schedule
+from .unet import Connection, ToyUNet
+
+MODES = ("both", "cond_only", "resolution_weighted", "guess")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
+    return mode
+
+
+def resolution_weights(resolutions: Sequence[int], max_weight: float = 1.0) -> list[float]:
+    """w_i = 64 / h_i of the paper, normalised so the coarsest connection gets ``max_weight``.
+
+    ``max_weight · h_min / h_i``: for SD (h = 64 … 8) with ``max_weight = 8`` this is
+    exactly the paper's 64 / h_i; ``max_weight = 1`` keeps every w_i ≤ 1.
+    """
+    if not resolutions:
+        raise ValueError("resolutions: expected one h_i per connection, got none")
+    h_min = min(resolutions)
+    return [max_weight * h_min / h for h in resolutions]
+
+
+def guess_weights(n: int) -> list[float]:
+    """The reference code's guess mode: 0.825^(n−1−i), i.e. ``logspace(-1, 0, n)`` in diffusers."""
+    return torch.logspace(-1, 0, n, dtype=torch.float64).tolist()
+
+
+def connection_weights(mode: str, connections: Sequence[Connection] | Sequence[int],
+                       max_weight: float = 1.0) -> list[float]:
+    """Per-connection w_i for a mode (the middle block last); ``connections`` or their h_i."""
+    check_mode(mode)
+    hs = [c.resolution if isinstance(c, Connection) else int(c) for c in connections]
+    if mode == "resolution_weighted":
+        return resolution_weights(hs, max_weight)
+    if mode == "guess":
+        return guess_weights(len(hs))
+    return [1.0] * len(hs)
+
+
+def control_active(k: int, n_steps: int, start: float = 0.0, end: float = 1.0) -> bool:
+    """Is control on at sampling step ``k`` of ``n_steps``? (diffusers' control_guidance_start/end)."""
+    return not (k / n_steps < start or (k + 1) / n_steps > end)
+
+
+@dataclass
+class Control:
+    """One condition: a ControlNet, its control image c (B, C, H, W) in [0, 1], and its scale."""
+
+    controlnet: ControlNet
+    condition: torch.Tensor
+    scale: float = 1.0
+
+
+def _as_controls(controls) -> list[Control]:
+    if isinstance(controls, Control):
+        return [controls]
+    out = []
+    for c in controls:
+        if isinstance(c, Control):
+            out.append(c)
+        elif isinstance(c, (tuple, list)) and len(c) in (2, 3):
+            out.append(Control(*c))
+        else:
+            raise TypeError(f"controls: expected Control or (controlnet, condition[, scale]) tuples, got {type(c).__name__}")
+    return out
+
+
+def check_controls(base: ToyUNet, controls: Sequence[Control], batch: int) -> None:
+    """Same base, same condition batch and size for every control."""
+    sizes = set()
+    for k, c in enumerate(controls):
+        c.controlnet.check_base(base)
+        if c.condition.ndim != 4 or c.condition.shape[0] != batch:
+            raise ValueError(f"controls[{k}].condition: expected shape ({batch}, C, H, W), got {tuple(c.condition.shape)}")
+        sizes.add(tuple(c.condition.shape[-2:]))
+    if len(sizes) > 1:
+        raise ValueError(f"controls: expected conditions of one size, got sizes {sorted(sizes)}")
+
+
+def guided_model_fn(
+    base: ToyUNet,
+    controls: Sequence[Control],
+    c_cond: torch.Tensor,
+    c_uncond: torch.Tensor,
+    timesteps: Sequence[int],
+    *,
+    mode: str = "both",
+    guidance: float = 3.0,
+    conditioning_scale: float = 1.0,
+    control_start: float = 0.0,
+    control_end: float = 1.0,
+    max_weight: float = 1.0,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``model_fn(x_t, t)`` for a sampler: the guided prediction ε (or v) under ``mode``.
+
+    ``timesteps`` are the sampler's steps (to know which fraction of the run step t is).
+    """
+    check_mode(mode)
+    nets = [c.controlnet for c in controls]
+    conds = [c.condition for c in controls]
+    scales = [c.scale * conditioning_scale for c in controls]
+    w = connection_weights(mode, base.connections, max_weight) if controls else None
+    index = {int(t): k for k, t in enumerate(timesteps)}
+
+    def residuals(x, t, ctx):
+        return control_residuals(nets, x, t, ctx, conds, scales, w)
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        on = bool(controls) and control_active(index[int(t[0])], len(timesteps), control_start, control_end)
+        kw_c = dict(zip(("down_residuals", "mid_residual"), residuals(x, t, c_cond))) if on else {}
+        out_c = base(x, t, c_cond, **kw_c)
+        if guidance == 1.0:
+            return out_c
+        kw_uc = dict(zip(("down_residuals", "mid_residual"), residuals(x, t, c_uncond))) if on and mode == "both" else {}
+        out_uc = base(x, t, c_uncond, **kw_uc)
+        return out_uc + guidance * (out_c - out_uc)
+
+    return fn
+
+
+@torch.no_grad()
+def sample(
+    base: ToyUNet,
+    prompts: Sequence[str],
+    controls: Control | Sequence[Control] | Sequence[tuple] = (),
+    *,
+    mode: str = "both",
+    guidance: float = 3.0,
+    conditioning_scale: float = 1.0,
+    control_start: float = 0.0,
+    control_end: float = 1.0,
+    max_weight: float = 1.0,
+    steps: int = 25,
+    sampler: str = "ddim",
+    seed: int = 0,
+    x_T: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Generate one image per prompt under any number of controls; ``(B, 3, H, W)`` in [-1, 1].
+
+    ``controls`` is a :class:`Control`, a list of them, or ``(controlnet, condition[,
+    scale])`` tuples: their residuals are summed per connection (chapter 06). With no
+    controls this is plain text-to-image sampling of the base.
+    """
+    controls = _as_controls(controls)
+    check_controls(base, controls, len(prompts))
+    device = next(base.parameters()).device
+    controls = [Control(c.controlnet, c.condition.to(device), c.scale) for c in controls]
+    cfg = base.config
+    schedule = make_schedule(cfg.schedule)
+    shape = (len(prompts), cfg.in_channels, cfg.image_size, cfg.image_size)
+    if controls:
+        scale = controls[0].controlnet.config.condition_size // cfg.image_size
+        shape = shape[:2] + (controls[0].condition.shape[-2] // scale, controls[0].condition.shape[-1] // scale)
+    c_cond = base.encode_prompts(list(prompts))
+    c_uncond = base.encode_prompts([""] * len(prompts))
+    if sampler == "ddim":
+        ts = ddim_timesteps(schedule.T, steps)
+    elif sampler == "ddpm":
+        ts = list(range(schedule.T - 1, -1, -1))
+    else:
+        raise ValueError(f"sampler: expected 'ddim' or 'ddpm', got {sampler!r}")
+    fn = guided_model_fn(base, controls, c_cond, c_uncond, ts, mode=mode, guidance=guidance,
+                         conditioning_scale=conditioning_scale, control_start=control_start,
+                         control_end=control_end, max_weight=max_weight)
+    g = torch.Generator().manual_seed(seed)
+    if sampler == "ddim":
+        out = ddim_sample(fn, shape, schedule, cfg.prediction, steps=steps, generator=g, x_T=x_T,
+                          progress=progress, device=device)
+    else:
+        out = ddpm_sample(fn, shape, schedule, cfg.prediction, generator=g, x_T=x_T, progress=progress, device=device)
+    return out.cpu()
+
+
+def plot_connection_weights(connections: Sequence[Connection] | Sequence[int], max_weights: Sequence[float] = (1.0,),
+                            title: str = "per-connection weight w_i"):
+    """w_i of every mode per connection (the middle block last), one line each (chapter 05)."""
+    import matplotlib.pyplot as plt
+
+    hs = [c.resolution if isinstance(c, Connection) else int(c) for c in connections]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    x = range(len(hs))
+    ax.plot(x, connection_weights("both", hs), "o-", label="both / cond_only: 1")
+    ax.plot(x, connection_weights("guess", hs), "s-", label="guess: logspace(-1, 0, n)")
+    for mw in max_weights:
+        ax.plot(x, connection_weights("resolution_weighted", hs, mw), "^--", label=f"resolution weighted, max {mw:g}")
+    ax.set_xticks(list(x), [f"{i}\nh={h}" if i < len(hs) - 1 else f"mid\nh={h}" for i, h in enumerate(hs)], fontsize=7)
+    ax.set(ylabel="w_i", title=title, yscale="log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

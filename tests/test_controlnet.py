@@ -1,0 +1,241 @@
+"""ControlNet core: zero convs, the trainable copy, the frozen base, both condition encoders, ablations."""
+import warnings
+
+import pytest
+import torch
+
+from cnetlib.checkpoint import load_checkpoint, save_checkpoint
+from cnetlib.controlnet import (
+    ConditionEncoder, ControlledUNet, ControlNet, ControlNetConfig, connection_table, control_residuals,
+    gaussian_conv, parameter_counts, trainable_copy, zero_conv,
+)
+from cnetlib.unet import ToyUNet, UNetConfig
+
+CFG = UNetConfig(image_size=16, channels=(8, 16), attention_levels=(False, True), context_dim=16, groups=4,
+                 text_layers=1)
+SMALL_HINT = {"paper": (4, 8, 8, 8), "reference": (4, 4, 8, 8, 8, 8, 8)}
+
+
+def make_base(seed=0) -> ToyUNet:
+    torch.manual_seed(seed)
+    return ToyUNet(CFG).eval().requires_grad_(False)
+
+
+def make_net(base, **kw) -> ControlNet:
+    enc = kw.pop("condition_encoder", "reference")
+    torch.manual_seed(1)
+    return ControlNet.from_unet(base, condition_encoder=enc, hint_channels=SMALL_HINT[enc], **kw)
+
+
+def batch(base, n=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    ctx = base.encode_prompts(["red circle with blue background", "", "gold circle with white background"][:n])
+    cond = (torch.rand(n, 3, 16, 16, generator=g) > 0.8).float()
+    return x, t, ctx, cond
+
+
+def test_zero_conv_outputs_zero_but_has_nonzero_weight_gradient():
+    z = zero_conv(4, 6)
+    x = torch.randn(2, 4, 5, 5)
+    y = z(x)
+    assert torch.equal(y, torch.zeros_like(y))
+    y.pow(2).sum().backward()  # dL/dy = 2y = 0 here, so use a loss whose gradient is not zero at y = 0
+    z.zero_grad()
+    (z(x) - 1).pow(2).sum().backward()
+    assert z.weight.grad.abs().sum() > 0 and z.bias.grad.abs().sum() > 0
+    # dL/dW = dL/dy · x^T, exactly
+    expected = (-2 * x).sum(dim=(0, 2, 3))  # dL/dy = -2 everywhere
+    assert torch.allclose(z.weight.grad[:, :, 0, 0], expected.expand(6, 4))
+
+
+def test_gaussian_conv_has_the_asked_std():
+    c = gaussian_conv(64, 64, std=0.5, generator=torch.Generator().manual_seed(0))
+    assert abs(c.weight.std().item() - 0.5) < 0.05 and torch.equal(c.bias, torch.zeros(64))
+
+
+@pytest.mark.parametrize("encoder", ["paper", "reference"])
+def test_identity_at_init_is_bitwise(encoder):
+    base = make_base()
+    model = ControlledUNet(base, make_net(base, condition_encoder=encoder))
+    for seed in range(3):
+        x, t, ctx, cond = batch(base, seed=seed)
+        with torch.no_grad():
+            assert torch.equal(model(x, t, ctx, cond), base(x, t, ctx))
+
+
+def test_copy_starts_equal_to_the_base_and_is_a_separate_trainable_tensor():
+    base = make_base()
+    net = make_net(base)
+    for a, b in zip(net.input_blocks.parameters(), base.input_blocks.parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr() and a.requires_grad
+    for a, b in zip(net.middle_block.parameters(), base.middle_block.parameters()):
+        assert torch.equal(a, b)
+    assert len(net.zero_convs) == len(base.connections) == len(base.skip_shapes()) + 1
+
+
+def test_base_gets_no_gradient_and_only_zero_convs_move_in_the_first_step():
+    base = make_base()
+    net = make_net(base)
+    model = ControlledUNet(base, net)
+    model.train()
+    assert not base.training and net.training
+    x, t, ctx, cond = batch(base)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = (model(x, t, ctx, cond) - x).pow(2).mean()
+    loss.backward()
+    assert all(p.grad is None for p in base.parameters())
+    grads = {n: p.grad for n, p in net.named_parameters()}
+    assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("zero_convs."))
+    copy_grads = [g for n, g in grads.items() if n.startswith(("input_blocks.", "middle_block."))]
+    assert all(g is None or g.abs().sum() == 0 for g in copy_grads)  # step 0: blocked by the zero convs
+    opt.step()
+    moved = {k for k, v in net.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved and all(k.startswith("zero_convs.") for k in moved)
+    # step 1: the zero convs are no longer zero, so the copy's gradients are not
+    opt.zero_grad()
+    (model(x, t, ctx, cond) - x).pow(2).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in net.named_parameters()
+               if n.startswith("input_blocks."))
+    assert all(p.grad is None for p in base.parameters())
+
+
+def test_residuals_match_the_base_skips_and_trained_residuals_change_the_output():
+    base = make_base()
+    net = make_net(base)
+    x, t, ctx, cond = batch(base)
+    down, mid = net(x, t, ctx, cond)
+    assert [tuple(r.shape[1:]) for r in down] == base.skip_shapes() and tuple(mid.shape[1:]) == base.mid_shape()
+    with torch.no_grad():
+        for z in net.zero_convs:
+            z.weight.normal_(0, 0.1)
+        out = ControlledUNet(base, net)(x, t, ctx, cond)
+    assert not torch.allclose(out, base(x, t, ctx))
+
+
+@pytest.mark.parametrize("encoder,down,size", [("paper", 0, 16), ("paper", 2, 64), ("reference", 0, 16),
+                                               ("reference", 3, 128)])
+def test_condition_encoders_adapt_their_strides(encoder, down, size):
+    enc = ConditionEncoder(encoder, 3, 8, down)
+    out = enc(torch.rand(2, 3, size, size))
+    assert out.shape == (2, 8, size >> down, size >> down)
+    assert torch.equal(out, torch.zeros_like(out))  # ends in a zero conv
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in enc.layers) == (5 if encoder == "paper" else 8)
+    strides = [m.stride[0] for m in enc.layers if isinstance(m, torch.nn.Conv2d)]
+    assert strides.count(2) == down
+    assert enc.receptive_field() > 1
+
+
+def test_reference_encoder_for_sd_matches_the_reference_layout():
+    enc = ConditionEncoder("reference", 3, 320, 3)
+    convs = [m for m in enc.layers if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 96, 96, 256, 320]
+    assert [c.stride[0] for c in convs] == [1, 1, 2, 1, 2, 1, 2, 1]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    assert enc(torch.rand(1, 3, 64, 64)).shape == (1, 320, 8, 8)
+
+
+def test_gaussian_connectors_change_the_output_at_init():
+    base = make_base()
+    model = ControlledUNet(base, make_net(base, connector="gaussian"))
+    x, t, ctx, cond = batch(base)
+    with torch.no_grad():
+        # the condition encoder's own zero conv keeps c out, but the copy's features get through
+        assert not torch.allclose(model(x, t, ctx, cond), base(x, t, ctx))
+
+
+def test_lite_is_smaller_and_still_identity_at_init():
+    base = make_base()
+    full, lite = make_net(base), make_net(base, copy="lite")
+    assert parameter_counts(lite)["trainable"] < parameter_counts(full)["trainable"] / 2
+    x, t, ctx, cond = batch(base)
+    d, m = lite(x, t, ctx, cond)
+    assert [tuple(r.shape[1:]) for r in d] == base.skip_shapes()
+    with torch.no_grad():
+        assert torch.equal(ControlledUNet(base, lite)(x, t, ctx, cond), base(x, t, ctx))
+
+
+def test_parameter_counts_and_connection_table():
+    base = make_base()
+    net = make_net(base)
+    model = ControlledUNet(base, net)
+    counts = parameter_counts(model)
+    assert counts["frozen"] == sum(p.numel() for p in base.parameters())
+    assert counts["trainable"] == sum(p.numel() for p in net.parameters())
+    rows = connection_table(net)
+    assert [r["h_i"] for r in rows] == [16, 16, 8, 8, 8] and rows[-1]["block"] == "middle"
+    assert all(r["connector_params"] == r["channels"] ** 2 + r["channels"] for r in rows)
+
+
+def test_sum_of_controlnets_and_scales():
+    base = make_base()
+    a, b = make_net(base), make_net(base)
+    with torch.no_grad():
+        for net, s in ((a, 0.1), (b, 0.2)):
+            for z in net.zero_convs:
+                z.weight.normal_(0, s)
+    x, t, ctx, cond = batch(base)
+    with torch.no_grad():
+        da, ma = a(x, t, ctx, cond)
+        db, mb = b(x, t, ctx, cond)
+        d, m = control_residuals([a, b], x, t, ctx, [cond, cond], [1.0, 0.5])
+        assert all(torch.allclose(r, ra + 0.5 * rb) for r, ra, rb in zip(d, da, db))
+        assert torch.allclose(m, ma + 0.5 * mb)
+        w = [0.0, 1.0, 2.0, 0.0, 3.0]
+        d1, m1 = control_residuals([a], x, t, ctx, cond, 1.0, w)
+        assert torch.equal(d1[0], torch.zeros_like(d1[0])) and torch.allclose(d1[2], 2 * da[2])
+        assert torch.allclose(m1, 3 * ma)
+        single = ControlledUNet(base, [a])(x, t, ctx, [cond])
+        assert torch.allclose(single, base(x, t, ctx, down_residuals=da, mid_residual=ma))
+
+
+def test_bad_inputs_name_what_was_expected():
+    base = make_base()
+    net = make_net(base)
+    model = ControlledUNet(base, net)
+    x, t, ctx, cond = batch(base)
+    with pytest.raises(ValueError, match=r"condition: expected spatial size 16x16, got 32x32"):
+        model(x, t, ctx, torch.zeros(3, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"condition: expected 3 channels .* got 1"):
+        model(x, t, ctx, torch.zeros(3, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"condition: expected values in \[0.0, 1.0\]"):
+        model(x, t, ctx, cond * 2 - 1 - 0.5)
+    with pytest.raises(ValueError, match="expected 2 values"):
+        control_residuals([net, net], x, t, ctx, [cond, cond], [1.0])
+    with pytest.raises(ValueError, match=r"connection_scales: expected 5 values"):
+        control_residuals([net], x, t, ctx, cond, 1.0, [1.0] * 4)
+    with pytest.raises(ValueError, match=r"down_residuals: expected 4 tensors"):
+        base(x, t, ctx, down_residuals=[torch.zeros(3, 8, 16, 16)] * 3)
+    other = ToyUNet(UNetConfig(image_size=16, channels=(8, 8), attention_levels=(False, True), context_dim=16,
+                               groups=4, text_layers=1))
+    with pytest.raises(ValueError, match=r"ControlNet was built for another base: channels: expected \[8, 16\]"):
+        ControlledUNet(other, net)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ControlledUNet(make_base(seed=5), net)  # same layout, other weights: a warning, not an error
+    assert any("other weights" in str(m.message) for m in w)
+    with pytest.raises(ValueError, match="condition_encoder: expected one of"):
+        ControlNetConfig(base=CFG.to_dict(), condition_encoder="vae")
+    with pytest.raises(ValueError, match=r"condition_size: expected the base's size 16 times a power of 2, got 24"):
+        ControlNetConfig(base=CFG.to_dict(), condition_size=24)
+
+
+def test_checkpoint_round_trip(tmp_path):
+    base = make_base()
+    net = make_net(base, condition_encoder="paper")
+    with torch.no_grad():
+        for z in net.zero_convs:
+            z.weight.normal_()
+    save_checkpoint(net, tmp_path / "cn.pt")
+    back = load_checkpoint(tmp_path / "cn.pt", ControlNet, ControlNetConfig)
+    assert back.config == net.config
+    for (k, a), (_, b) in zip(net.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_trainable_copy_unfreezes():
+    m = torch.nn.Linear(2, 2).requires_grad_(False)
+    c = trainable_copy(m)
+    assert all(p.requires_grad for p in c.parameters()) and not any(p.requires_grad for p in m.parameters())

@@ -1,0 +1,121 @@
+"""Guidance modes checked against hand computations on a tiny model; multi-condition sums."""
+import math
+
+import pytest
+import torch
+
+from cnetlib.controlnet import ControlledUNet, ControlNet, control_residuals
+from cnetlib.diffusion import classifier_free_guidance, ddim_timesteps
+from cnetlib.guidance import (
+    MODES, Control, connection_weights, control_active, guess_weights, guided_model_fn, resolution_weights, sample,
+)
+from cnetlib.unet import ToyUNet, UNetConfig
+
+CFG = UNetConfig(image_size=16, channels=(8, 16), attention_levels=(False, True), context_dim=16, groups=4,
+                 text_layers=1)
+
+
+def setup(seed=0):
+    torch.manual_seed(0)
+    base = ToyUNet(CFG).eval().requires_grad_(False)
+    nets = []
+    for k in range(2):
+        torch.manual_seed(10 + k)
+        net = ControlNet.from_unet(base, hint_channels=(4, 4, 8, 8, 8, 8, 8)).eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                if p.abs().sum() == 0:
+                    p.normal_(0, 0.2)  # a "trained" ControlNet: every zero layer non-zero
+        nets.append(net)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 3, 16, 16, generator=g)
+    t = torch.tensor([500, 500])
+    cond = (torch.rand(2, 3, 16, 16, generator=g) > 0.7).float()
+    c = base.encode_prompts(["red circle with blue background", "gold circle with white background"])
+    u = base.encode_prompts(["", ""])
+    return base, nets, x, t, cond, c, u
+
+
+def test_guess_weights_are_logspace_and_0825_powers():
+    w = guess_weights(13)
+    assert torch.allclose(torch.tensor(w, dtype=torch.float64), torch.logspace(-1, 0, 13, dtype=torch.float64))
+    assert all(abs(wi - 0.825 ** (12 - i)) < 0.003 for i, wi in enumerate(w))
+    assert w[-1] == 1.0 and abs(w[0] - 0.1) < 1e-12
+
+
+def test_resolution_weights_follow_64_over_h():
+    hs = [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]          # SD's 13 connections
+    assert resolution_weights(hs, max_weight=8.0) == [64 / h for h in hs]  # the paper's literal w_i
+    w1 = resolution_weights(hs, max_weight=1.0)
+    assert max(w1) == 1.0 and min(w1) == 0.125
+    base, *_ = setup()
+    assert connection_weights("resolution_weighted", base.connections, 2.0) == [1.0, 1.0, 2.0, 2.0, 2.0]
+    assert connection_weights("both", base.connections) == [1.0] * 5
+
+
+def test_control_window():
+    on = [control_active(k, 10, 0.2, 0.7) for k in range(10)]
+    assert on == [False, False, True, True, True, True, True, False, False, False]
+    assert all(control_active(k, 10) for k in range(10))
+
+
+def test_both_with_scale_one_is_plain_cfg_of_the_controlled_model():
+    base, nets, x, t, cond, c, u = setup()
+    model = ControlledUNet(base, nets[0])
+    ts = ddim_timesteps(1000, 2)
+    with torch.no_grad():
+        fn = guided_model_fn(base, [Control(nets[0], cond)], c, u, ts + [500], mode="both", guidance=4.0)
+        ref = classifier_free_guidance(lambda x_, t_: model(x_, t_, c, cond), lambda x_, t_: model(x_, t_, u, cond), 4.0)
+        assert torch.allclose(fn(x, t), ref(x, t), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["cond_only", "guess", "resolution_weighted"])
+def test_conditional_only_modes_leave_the_unconditional_branch_alone(mode):
+    base, nets, x, t, cond, c, u = setup()
+    beta, scale, mw = 3.0, 0.7, 2.0
+    with torch.no_grad():
+        fn = guided_model_fn(base, [Control(nets[0], cond)], c, u, [500], mode=mode, guidance=beta,
+                             conditioning_scale=scale, max_weight=mw)
+        w = connection_weights(mode, base.connections, mw)
+        d, m = nets[0](x, t, c, cond)
+        eps_c = base(x, t, c, down_residuals=[r * scale * wi for r, wi in zip(d, w[:-1])], mid_residual=m * scale * w[-1])
+        eps_uc = base(x, t, u)
+        assert torch.allclose(fn(x, t), eps_uc + beta * (eps_c - eps_uc), atol=1e-6)
+
+
+def test_control_outside_its_window_is_off():
+    base, nets, x, t, cond, c, u = setup()
+    ts = [999, 500, 1]
+    with torch.no_grad():
+        fn = guided_model_fn(base, [Control(nets[0], cond)], c, u, ts, guidance=2.0, control_start=0.0, control_end=0.4)
+        plain = classifier_free_guidance(lambda x_, t_: base(x_, t_, c), lambda x_, t_: base(x_, t_, u), 2.0)
+        assert not torch.allclose(fn(x, torch.tensor([999, 999])), plain(x, torch.tensor([999, 999])))
+        assert torch.allclose(fn(x, t), plain(x, t))  # t = 500 is step 1 of 3: after the window
+
+
+def test_sum_of_one_controlnet_is_that_controlnet_and_two_add():
+    base, nets, x, t, cond, c, u = setup()
+    with torch.no_grad():
+        one = sample(base, ["red circle with blue background"] * 2, [Control(nets[0], cond)], steps=3)
+        again = sample(base, ["red circle with blue background"] * 2, [(nets[0], cond, 1.0)], steps=3)
+        assert torch.equal(one, again)
+        d1, m1 = nets[0](x, t, c, cond)
+        d2, m2 = nets[1](x, t, c, cond)
+        d, m = control_residuals(nets, x, t, c, [cond, cond], [1.0, 1.0])
+        assert all(torch.allclose(a, b + e) for a, b, e in zip(d, d1, d2)) and torch.allclose(m, m1 + m2)
+        two = sample(base, ["red circle with blue background"] * 2, [Control(nets[0], cond), Control(nets[1], cond)],
+                     steps=3)
+        assert not torch.equal(one, two)
+
+
+def test_bad_input():
+    base, nets, x, t, cond, c, u = setup()
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        sample(base, ["a"] * 2, [Control(nets[0], cond)], mode="cfg_rw")
+    with pytest.raises(ValueError, match=r"conditions of one size"):
+        sample(base, ["a"] * 2, [Control(nets[0], cond), Control(nets[1], torch.zeros(2, 3, 32, 32))])
+    with pytest.raises(ValueError, match=r"condition: expected shape \(2, C, H, W\)"):
+        sample(base, ["a"] * 2, [Control(nets[0], cond[:1])])
+    with pytest.raises(TypeError, match="controls: expected Control"):
+        sample(base, ["a"] * 2, ["not a control"])
+    assert set(MODES) == {"both", "cond_only", "resolution_weighted", "guess"}

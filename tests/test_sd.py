@@ -1,0 +1,223 @@
+"""cnetlib.sd against diffusers: residuals, key maps, save/load, the pipeline; all offline, tiny."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint  # noqa: E402
+
+from cnetlib.guidance import Control  # noqa: E402
+from cnetlib.sd import (  # noqa: E402
+    SD15_UNET_CONFIG, TINY_UNET_CONFIG, SDControlNet, SDParts, annotate, controlnet_config, fill_zero_layers, generate,
+)
+
+CONFIGS = {
+    "tiny": TINY_UNET_CONFIG,
+    # more than one transformer layer per block, SD-2-style linear projections, per-level heads
+    "sd2_style": {**TINY_UNET_CONFIG, "transformer_layers_per_block": 2, "use_linear_projection": True,
+                  "attention_head_dim": [2, 4], "cross_attention_dim": 24},
+    # three levels, one layer each, an attention-free last level
+    "three_levels": {**TINY_UNET_CONFIG, "block_out_channels": [16, 32, 32], "layers_per_block": 1,
+                     "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "sample_size": 16},
+}
+
+
+def trained_like(net: SDControlNet, seed: int = 0) -> SDControlNet:
+    """Every zero layer random, as after training (otherwise the residuals are all zero)."""
+    net = fill_zero_layers(net, seed=seed).eval()
+    assert all(p.abs().sum() > 0 for p in net.parameters())
+    return net
+
+
+def make(config, seed=0):
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**config)
+    return unet, trained_like(SDControlNet.from_unet(unet), seed)
+
+
+def inputs(config, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = config["sample_size"]
+    return (torch.randn(batch, 4, s, s, generator=g), torch.tensor(421),
+            torch.randn(batch, 7, config["cross_attention_dim"], generator=g), torch.rand(batch, 3, 8 * s, 8 * s, generator=g))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_residuals_match_diffusers(name):
+    unet, ours = make(CONFIGS[name])
+    theirs = ours.to_diffusers().eval()
+    x, t, ehs, cond = inputs(CONFIGS[name])
+    with torch.no_grad():
+        d, m = ours(x, t, ehs, cond, conditioning_scale=0.7)
+        d_ref, m_ref = theirs(x, t, ehs, cond, conditioning_scale=0.7, return_dict=False)
+        assert len(d) == len(d_ref) == len(ours.connections) - 1
+        for a, b in zip(d, d_ref):
+            assert (a - b).abs().max() < 1e-5
+        assert (m - m_ref).abs().max() < 1e-5 and m.abs().max() > 0
+        dg, mg = ours(x, t, ehs, cond, guess_mode=True)
+        dg_ref, mg_ref = theirs(x, t, ehs, cond, guess_mode=True, return_dict=False)
+        assert all((a - b).abs().max() < 1e-5 for a, b in zip(dg, dg_ref)) and (mg - mg_ref).abs().max() < 1e-5
+
+
+def test_a_diffusers_controlnet_loads_into_ours():
+    torch.manual_seed(3)
+    theirs = ControlNetModel.from_unet(UNet2DConditionModel(**TINY_UNET_CONFIG))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    ours = SDControlNet.from_diffusers(theirs).eval()
+    x, t, ehs, cond = inputs(TINY_UNET_CONFIG)
+    with torch.no_grad():
+        d, m = ours(x, t, ehs, cond)
+        d_ref, m_ref = theirs.eval()(x, t, ehs, cond, return_dict=False)
+    assert all((a - b).abs().max() < 1e-5 for a, b in zip(d, d_ref)) and (m - m_ref).abs().max() < 1e-5
+
+
+def test_from_unet_copies_the_encoder_and_starts_at_zero():
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    net = SDControlNet.from_unet(unet)
+    for part in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
+        ours, theirs = getattr(net, part).state_dict(), getattr(unet, part).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert all(p.requires_grad for p in net.parameters())
+    x, t, ehs, cond = inputs(TINY_UNET_CONFIG)
+    with torch.no_grad():
+        d, m = net(x, t, ehs, cond)
+    assert all(torch.equal(r, torch.zeros_like(r)) for r in d) and torch.equal(m, torch.zeros_like(m))
+
+
+def test_sd15_has_13_connections_and_a_361m_copy():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SD15_UNET_CONFIG)
+        net = SDControlNet.from_unet(unet)
+    hs = [c.resolution for c in net.connections]
+    assert len(net.connections) == 13 and hs == [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]
+    n = sum(p.numel() for p in net.parameters())
+    assert 355e6 < n < 365e6, n  # about 361 M (the paper's reference checkpoint size)
+    assert 855e6 < sum(p.numel() for p in unet.parameters()) < 865e6
+
+
+def test_original_layout_key_map_agrees_with_diffusers_converter():
+    unet, ours = make(TINY_UNET_CONFIG)
+    orig = ours.original_state_dict()
+    assert "control_model.input_hint_block.14.weight" in orig and "control_model.middle_block_out.0.bias" in orig
+    assert "control_model.zero_convs.0.0.weight" in orig and "control_model.time_embed.0.weight" in orig
+    # diffusers' own converter, applied to our original-layout keys, gives diffusers' keys and tensors
+    converted = convert_controlnet_checkpoint(orig, {"layers_per_block": TINY_UNET_CONFIG["layers_per_block"]})
+    ref = ours.to_diffusers().state_dict()
+    assert converted.keys() == ref.keys() and all(torch.equal(converted[k], ref[k]) for k in ref)
+    back = SDControlNet.from_original(orig, TINY_UNET_CONFIG)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), ours.state_dict().values()))
+    # a full checkpoint carries SD's own weights too: they are skipped
+    full = {**orig, "model.diffusion_model.out.0.weight": torch.zeros(1), "cond_stage_model.x": torch.zeros(1)}
+    SDControlNet.from_original({"state_dict": full}, TINY_UNET_CONFIG)
+    with pytest.raises(ValueError, match="does not fit the config"):
+        SDControlNet.from_original({k: v for k, v in orig.items() if "zero_convs.1." not in k}, TINY_UNET_CONFIG)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    unet, ours = make(CONFIGS["sd2_style"])
+    ours.save_pretrained(tmp_path / "cn")
+    assert (tmp_path / "cn" / "config.json").is_file()
+    again = SDControlNet.from_pretrained(tmp_path / "cn")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ours.state_dict().values()))
+    theirs = ControlNetModel.from_pretrained(tmp_path / "cn")  # diffusers reads what we wrote
+    x, t, ehs, cond = inputs(CONFIGS["sd2_style"])
+    with torch.no_grad():
+        assert (ours(x, t, ehs, cond)[1] - theirs.eval()(x, t, ehs, cond, return_dict=False)[1]).abs().max() < 1e-5
+    torch.save(ours.original_state_dict(), tmp_path / "orig.pth")
+    cfg2 = CONFIGS["sd2_style"]
+    assert torch.equal(SDControlNet.from_original(tmp_path / "orig.pth", cfg2).zero_convs[0].weight, ours.zero_convs[0].weight)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    parts = SDParts.tiny()
+    net = trained_like(SDControlNet.from_unet(parts.unet), seed=1)
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(((rng.random((64, 64)) > 0.85) * 255).astype(np.uint8)).convert("RGB")
+    return parts, net, image
+
+
+@pytest.mark.parametrize("mode,guess", [("both", False), ("guess", True)])
+def test_generate_matches_the_diffusers_pipeline(tiny, mode, guess):
+    parts, net, image = tiny
+    pipe = StableDiffusionControlNetPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
+                                             unet=parts.unet, controlnet=net.to_diffusers(), scheduler=parts.scheduler,
+                                             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a red circle", "blue"]
+    ref = pipe(prompts, image=image, num_inference_steps=3, guidance_scale=5.0, output_type="pt", guess_mode=guess,
+               generator=torch.Generator().manual_seed(7), controlnet_conditioning_scale=0.8).images
+    ours = generate(parts, prompts, [(net, image, 0.8)], mode=mode, guidance_scale=5.0, steps=3, seed=7)
+    assert ours.shape == (2, 3, 64, 64) and (ours - ref).abs().max() < 1e-5
+
+
+def test_tiny_pipeline_end_to_end_and_multi_control(tiny):
+    parts, net, image = tiny
+    plain = generate(parts, "a circle", steps=3, seed=1)
+    one = generate(parts, "a circle", Control(net, image), steps=3, seed=1)
+    halves = generate(parts, "a circle", [Control(net, image, 0.5), Control(net, image, 0.5)], steps=3, seed=1)
+    assert plain.shape == (1, 3, 64, 64) and 0 <= plain.min() and plain.max() <= 1
+    assert not torch.equal(plain, one)                      # control changes the image
+    assert (one - halves).abs().max() < 1e-6                # r/2 + r/2 = r: summing is per connection
+    assert torch.equal(one, generate(parts, "a circle", Control(net, image), steps=3, seed=1))
+    for mode in ("cond_only", "resolution_weighted"):
+        out = generate(parts, "a circle", Control(net, image), mode=mode, steps=3, seed=1)
+        assert out.shape == one.shape and not torch.equal(out, one)
+    off = generate(parts, "a circle", Control(net, image), steps=3, seed=1, control_start=0.9)
+    assert torch.equal(off, plain)                          # control never on: the plain image
+
+
+def test_annotators_canny_offline_and_a_clear_error_for_the_others():
+    rng = np.random.default_rng(0)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[16:48, 16:48] = 255
+    edges = np.asarray(annotate(img + rng.integers(0, 5, img.shape, dtype=np.uint8), "canny"))
+    assert edges.shape[:2] == (64, 64) and edges.max() == 255 and (edges > 0).mean() < 0.3
+    with pytest.raises(RuntimeError, match="needs the weights of 'lllyasviel/Annotators'.*'canny' works offline"):
+        annotate(img, "hed")
+    with pytest.raises(ValueError, match="annotator: expected one of"):
+        annotate(img, "sketchify")
+
+
+def test_bad_input_names_what_was_expected(tiny):
+    parts, net, image = tiny
+    x, t, ehs, cond = inputs(TINY_UNET_CONFIG)
+    with pytest.raises(ValueError, match=r"controlnet_cond: expected spatial size 64x64, got 32x32"):
+        net(x, t, ehs, cond[..., :32, :32])
+    with pytest.raises(ValueError, match=r"controlnet_cond: expected values in \[0.0, 1.0\]"):
+        net(x, t, ehs, cond * 2 - 1)
+    with pytest.raises(ValueError, match="class_embed_type='timestep' is not supported"):
+        controlnet_config({**TINY_UNET_CONFIG, "class_embed_type": "timestep"})
+    with pytest.raises(ValueError, match="connection_scales: expected 7 values"):
+        net(x, t, ehs, cond, connection_scales=[1.0] * 3)
+    with pytest.raises(ValueError, match="mode: expected one of"):
+        generate(parts, "x", Control(net, image), mode="literal", steps=2)
+    with pytest.raises(OSError, match="SDParts.tiny"):
+        SDParts.from_pretrained("/nonexistent/folder")
+
+
+def test_sd_training_resumes_exactly_and_costs_are_measured(tmp_path):
+    from cnetlib.train_sd import SDTrainConfig, compare_costs, train
+
+    kw = dict(preset="tiny", resolution=64, batch_size=2, lr=1e-4, checkpoint_every=2, validate_every=4,
+              validation_n=2, validation_steps=2, progress=False, gradient_accumulation_steps=2)
+    straight = train(SDTrainConfig(output_dir=str(tmp_path / "a"), steps=4, **kw))
+    train(SDTrainConfig(output_dir=str(tmp_path / "b"), steps=2, **kw))
+    resumed = train(SDTrainConfig(output_dir=str(tmp_path / "b"), steps=4, resume=True, **kw))
+    assert resumed["losses"] == straight["losses"]
+    for a, b in zip(straight["controlnet"].state_dict().values(), resumed["controlnet"].state_dict().values()):
+        assert torch.equal(a, b)
+    assert (tmp_path / "a" / "controlnet" / "config.json").is_file() and straight["log"][-1]["step"] == 4
+    assert 0 <= straight["log"][-1]["iou"] <= 1
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(SDTrainConfig(output_dir=str(tmp_path / "c"), steps=2, resume=True, **kw))
+    parts = SDParts.tiny()
+    cost = compare_costs(parts.unet, batch_size=2, text_tokens=32, repeats=1)
+    assert cost["controlnet"]["trainable_parameters"] < cost["finetune"]["trainable_parameters"]
+    assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
+    assert not any(p.requires_grad for p in parts.unet.parameters())  # the UNet is left frozen

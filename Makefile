@@ -30,11 +30,7 @@ test: $(STAMP)
 
 # Execute every chapter in full mode, in place: outputs in the .ipynb, figures in figures/.
 book: $(STAMP) sync
-	for nb in $(CHAPTERS); do \
-		echo "== $$nb"; \
-		$(OFFLINE) CNETLIB_SMOKE=0 $(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace \
-			--ExecutePreprocessor.timeout=-1 $$nb || exit 1; \
-	done
+	$(OFFLINE) CNETLIB_SMOKE=0 $(PY) tools/execute_notebooks.py $(CHAPTERS)
 
 # Bring each .ipynb's inputs up to date with its .py source (outputs are kept).
 sync: $(STAMP)

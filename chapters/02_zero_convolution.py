@@ -27,7 +27,7 @@
 # 3. the zero convolutions growing from 0 during a real (short) training;
 # 4. what goes wrong with Gaussian-initialised connectors instead: the "harmful noise".
 #
-# **Time on a 2-core CPU:** about 3 minutes in full mode, 1 in smoke mode.
+# **Time on a 2-core CPU:** about 2 minutes in full mode, 1 in smoke mode.
 
 # %%
 # On Colab: fetch the book and install cnetlib (does nothing anywhere else).
@@ -181,8 +181,9 @@ assert (norms[-1] > norms[1]).all()                                  # and still
 # %% [markdown]
 # Every connector leaves 0 after the first step and keeps growing: with Adam each
 # weight moves by about the learning rate per step while its gradient keeps one sign.
-# The loss barely moves meanwhile; chapter 04 shows why one must watch samples, not the
-# loss, to see what the ControlNet learns.
+# Meanwhile the loss drifts down slowly and noisily; chapter 04 follows the loss and the
+# samples over a full run and shows what each of them tells about what the ControlNet
+# has learnt.
 
 # %% [markdown]
 # ## 4 · Gaussian connectors: the harmful noise

@@ -239,8 +239,9 @@ print(f"\nmean IoU after training: {mean_after:.3f} (before: {np.mean([row['iou_
 
 # %% [markdown]
 # Every seed jumps, within the first 10 minutes on two CPU cores, and keeps the prompt's
-# colours. But by our definition the mean curve is **not abrupt**: the gain is spread
-# over several hundred steps. Where does that leave the paper's claim?
+# colours. But the mean curve is at best borderline abrupt: in the shipped runs the
+# sharpness is 0.28, 0.42 and 0.51 (seed 2 just crosses the 0.5 line), and 10 % → 90 %
+# of the gain takes 600–900 steps. Where does that leave the paper's claim?
 
 # %% [markdown]
 # ## 5 · One sample at a time
@@ -366,8 +367,8 @@ print_table(list(ab.values()), ["run", "jump_step", "sharpness", "iou_before", "
 claims = {
     "Gaussian connectors damage the model at step 0":
         ab["gaussian"]["iou_before"] < ab["seed0"]["iou_before"] - 0.05,
-    "Gaussian connectors end below zero convs":
-        ab["gaussian"]["iou_after"] < ab["seed0"]["iou_after"],
+    "Gaussian connectors end clearly below zero convs (by > 0.05)":
+        ab["gaussian"]["iou_after"] < ab["seed0"]["iou_after"] - 0.05,
     "ControlNet-lite ends below the trainable copy":
         ab["lite"]["iou_after"] < ab["seed0"]["iou_after"] - 0.05,
     "dropping 50 % of prompts helps the empty-prompt case":
@@ -380,6 +381,26 @@ for claim, holds in claims.items():
 assert claims["Gaussian connectors damage the model at step 0"]
 assert claims["ControlNet-lite ends below the trainable copy"]
 assert claims["1k pairs do not collapse (IoU within 0.05 of 50k)"]
+assert not claims["Gaussian connectors end clearly below zero convs (by > 0.05)"]   # they recover here
+assert not claims["dropping 50 % of prompts helps the empty-prompt case"]           # and dropping does not help
+
+# %% [markdown]
+# In the shipped runs:
+#
+# * **Gaussian connectors** start far below (IoU 0.28 instead of 0.48: the base's
+#   circles are damaged at step 0, as chapter 02 measured) but recover, and end level
+#   with zero convolutions (0.80 vs 0.81). At toy scale the damage is real but not
+#   lasting: 2,000 steps at lr 3·10⁻³ are enough to undo it. The paper's claim that
+#   quality drops to the "lite" level does not hold here.
+# * **ControlNet-lite** learns much less: 0.66, and only about two thirds of the samples
+#   switch at all. The trainable copy's depth matters even at 32 px. This holds.
+# * **Prompt dropping** does *not* help the empty prompt at this scale: without it the
+#   empty-prompt IoU ends higher (0.50 vs 0.40), and the prompted IoU is the same (0.80).
+#   Our outlines carry no semantics for the ControlNet to learn "from the condition
+#   alone", which is what the paper's dropping is for; here dropping only halves the
+#   batches in which the ControlNet sees the prompt it must cooperate with.
+# * **1,000 pairs** do not collapse: 0.81, level with 50,000, jumping at the same step.
+#   This holds (a circle outline is an easy condition to generalise from).
 
 # %% [markdown]
 # ## 8 · How the recipe was found

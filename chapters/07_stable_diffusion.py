@@ -78,7 +78,7 @@ print(f"SD 1.5 UNet: {n_unet / 1e6:.1f} M parameters; its ControlNet: {n_net / 1
 print(f"{'#':>2}  {'block':<11} {'level':>5} {'channels':>8} {'h_i':>4}")
 for c in sd15_net.connections:
     print(f"{c.index:>2}  {c.kind:<11} {c.level:>5} {c.channels:>8} {c.resolution:>4}")
-assert len(sd15_net.connections) == 13
+assert [c.index for c in sd15_net.connections] == list(range(13))
 assert [c.resolution for c in sd15_net.connections] == [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]
 assert 355e6 < n_net < 365e6        # the public SD 1.5 ControlNets have 361 M parameters
 

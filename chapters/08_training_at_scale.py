@@ -31,7 +31,7 @@
 # paper reports: one ControlNet training step against one step of fine-tuning the UNet
 # itself, same batch (paper, SD on an A100 40GB: +23 % memory, +34 % time).
 #
-# **Time on a 2-core CPU:** 2–3 minutes (smoke: about 1).
+# **Time on a 2-core CPU:** about 1 minute, in full and in smoke mode.
 
 # %%
 # On Colab: fetch the book and install cnetlib (does nothing anywhere else).
@@ -202,14 +202,15 @@ assert fwd["max_residual_diff"] < 1e-3
 #   decoder, which fine-tuning pays anyway. The paper's +23 % memory and +34 % time do
 #   not reproduce in this setting; its fine-tuning baseline may have differed (another
 #   optimiser, or weights that did not all train), which the paper does not detail.
-# * **On the tiny preset the ratio flips** (about 1.3 for both): with a 1 M-parameter
+# * **On the tiny preset the ratio flips** (about 1.3 for time, 1.4 for memory, plain
+#   steps): with a 1 M-parameter
 #   UNet the weights cost nothing and activations dominate, and a ControlNet step keeps
 #   the activations of two encoders.
 # * cnetlib's `SDControlNet` runs at diffusers' speed (within a few percent) with
 #   identical residuals.
 #
 # The smallest GPU for ControlNet training on SD 1.5 follows from the same accounting.
-# The measured bf16 step peaks at 7.4 GiB at batch 4 (6.6 GiB with gradient
+# The measured bf16 step peaks at 7.4 GiB at batch 4 (6.2 GiB with gradient
 # checkpointing), with everything in bf16. Training should keep the 361 M trainable
 # weights, their gradients and AdamW's moments in fp32, which adds about 2.7 GiB, and
 # the VAE and text encoder add about 0.3 GiB: about 10 GiB at batch 4, so a 12 GB card is

@@ -166,7 +166,8 @@ class SDControlNet(nn.Module):
         ch, L = list(self.config["block_out_channels"]), self.config["layers_per_block"]
         conns, h = [Connection(0, "input conv", 0, ch[0], latent_size)], latent_size
         for level, c in enumerate(ch):
-            conns += [Connection(len(conns), "resnet", level, c, h) for _ in range(L)]
+            for _ in range(L):
+                conns.append(Connection(len(conns), "resnet", level, c, h))
             if level < len(ch) - 1:
                 h //= 2
                 conns.append(Connection(len(conns), "downsample", level + 1, c, h))

@@ -95,6 +95,8 @@ def test_sd15_has_13_connections_and_a_361m_copy():
         net = SDControlNet.from_unet(unet)
     hs = [c.resolution for c in net.connections]
     assert len(net.connections) == 13 and hs == [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]
+    assert [c.index for c in net.connections] == list(range(13))
+    assert [c.kind for c in net.connections] == ["input conv"] + (["resnet"] * 2 + ["downsample"]) * 3 + ["resnet"] * 2 + ["middle"]
     n = sum(p.numel() for p in net.parameters())
     assert 355e6 < n < 365e6, n  # about 361 M (the paper's reference checkpoint size)
     assert 855e6 < sum(p.numel() for p in unet.parameters()) < 865e6

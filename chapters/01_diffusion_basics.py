@@ -28,7 +28,7 @@
 # 4. train it, sample it with DDPM and DDIM, and measure how well it follows its prompt,
 #    with and without classifier-free guidance.
 #
-# **Time on a 2-core CPU:** about 30 minutes in full mode (training the base takes 13–17),
+# **Time on a 2-core CPU:** about 14 minutes in full mode (training the base takes 12),
 # 2–3 minutes in smoke mode (`CNETLIB_SMOKE=1`, what CI runs). On Colab or a laptop it is faster.
 
 # %%

@@ -51,3 +51,32 @@ def test_save_figure_writes_nothing_in_smoke_mode(monkeypatch, tmp_path):
     monkeypatch.setenv("CNETLIB_SMOKE", "0")
     assert runtime.save_figure(fig, "x") == tmp_path / "x.png" and (tmp_path / "x.png").stat().st_size > 0
     plt.close(fig)
+
+
+def test_execute_notebooks_keeps_widget_output_and_never_overwrites_on_error(tmp_path):
+    import importlib.util
+
+    import nbformat
+    from nbclient.exceptions import CellExecutionError
+
+    spec = importlib.util.spec_from_file_location("execute_notebooks", Path(__file__).parent.parent / "tools" / "execute_notebooks.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    slider = ("import ipywidgets as w\nfrom IPython.display import display\ns = w.IntSlider(value=3)\n"
+              "display(w.VBox([s, w.interactive_output(lambda v: print('drawn', v), {'v': s})]))")
+    good = tmp_path / "good.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1 + 1)"),
+                                                   nbformat.v4.new_code_cell(slider)]), good)
+    assert tool.main([str(good)]) == 0
+    cells = nbformat.read(good, as_version=4).cells
+    assert cells[0].outputs[0]["text"].strip() == "2"
+    assert any("drawn 3" in o.get("text", "") for o in cells[1].outputs)   # the slider's first view is in the cell
+
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise ValueError('boom')")]), bad)
+    before = bad.read_text()
+    with pytest.raises(CellExecutionError, match="boom"):
+        tool.main([str(bad)])
+    assert bad.read_text() == before                  # a failed run leaves the notebook as it was
+    assert tool.main([str(tmp_path / "missing.ipynb")]) == 2

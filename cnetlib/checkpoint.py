@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -21,20 +21,30 @@ class ConfigMismatchError(ValueError):
     """A checkpoint was written for a model with another config."""
 
 
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+def _atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
+    """``write(tmp)`` a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; a checkpoint is for sharing
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; these files are for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary file beside ``path``, then rename over it."""
+    return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (logs, prompt files): readers never see half of it."""
+    return _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, *, meta: dict | None = None) -> Path:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
+
+from .checkpoint import atomic_write_text
 
 #: The 148 CSS colour names, written as words (as in Fill50K's prompts), and their RGB.
 CSS_COLORS: dict[str, tuple[int, int, int]] = {
@@ -479,9 +480,7 @@ def write_fill50k(
         Image.fromarray(s.source).save(root / "source" / f"{i}.png")
         Image.fromarray(s.target).save(root / "target" / f"{i}.png")
         lines.append(json.dumps({"source": f"source/{i}.png", "target": f"target/{i}.png", "prompt": s.prompt}))
-    tmp = root / (PROMPT_FILE + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, root / PROMPT_FILE)
+    atomic_write_text(root / PROMPT_FILE, "\n".join(lines) + "\n")
     return root
 
 

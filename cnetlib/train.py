@@ -8,6 +8,7 @@ of the weights. Ctrl-C stops it cleanly and returns what was learnt so far.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .data import Fill50k, target_to_tensor
+from .data import Fill50k, source_to_tensor, target_to_tensor
 from .diffusion import diffusion_loss, make_schedule
 
 
@@ -130,17 +131,6 @@ class ControlNetRun:
     resumed_from: int = 0
 
 
-def _write_jsonl(path, rows: list[dict]) -> None:
-    import json
-    import os
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
-
 def train_controlnet(
     base: nn.Module,
     controlnet: nn.Module,
@@ -186,7 +176,7 @@ def train_controlnet(
     """
     from pathlib import Path
 
-    from .checkpoint import atomic_save
+    from .checkpoint import atomic_save, atomic_write_text
     from .controlnet import ControlledUNet
 
     if steps < 1:
@@ -238,7 +228,7 @@ def train_controlnet(
             run.samples[step] = images
         run.log.append(row)
         if out:
-            _write_jsonl(out / "log.jsonl", run.log)
+            atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in run.log))
 
     model.train()
     start = time.perf_counter()
@@ -251,7 +241,7 @@ def train_controlnet(
         for step in bar:
             idx = torch.randint(0, len(data), (batch_size,), generator=g)
             x0 = target_to_tensor(targets[idx]).to(device)
-            cond = sources[idx].movedim(-1, -3).float().div(255.0).to(device)  # c_f in [0, 1]
+            cond = source_to_tensor(sources[idx]).to(device)  # c_f in [0, 1]
             prompts = drop_prompts([data.prompts[i] for i in idx.tolist()], drop_prompt, g)
             with torch.no_grad():
                 context = base.encode_prompts(prompts)  # c_t from the frozen text encoder

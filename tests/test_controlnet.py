@@ -10,21 +10,16 @@ from cnetlib.controlnet import (
     gaussian_conv, parameter_counts, trainable_copy, zero_conv,
 )
 from cnetlib.unet import ToyUNet, UNetConfig
+from tiny import TINY_CFG as CFG
+from tiny import TINY_HINT, tiny_base, tiny_controlnet
 
-CFG = UNetConfig(image_size=16, channels=(8, 16), attention_levels=(False, True), context_dim=16, groups=4,
-                 text_layers=1)
-SMALL_HINT = {"paper": (4, 8, 8, 8), "reference": (4, 4, 8, 8, 8, 8, 8)}
-
-
-def make_base(seed=0) -> ToyUNet:
-    torch.manual_seed(seed)
-    return ToyUNet(CFG).eval().requires_grad_(False)
+SMALL_HINT = {"paper": (4, 8, 8, 8), "reference": TINY_HINT}
+make_base = tiny_base
 
 
 def make_net(base, **kw) -> ControlNet:
     enc = kw.pop("condition_encoder", "reference")
-    torch.manual_seed(1)
-    return ControlNet.from_unet(base, condition_encoder=enc, hint_channels=SMALL_HINT[enc], **kw)
+    return tiny_controlnet(base, condition_encoder=enc, hint_channels=SMALL_HINT[enc], **kw)
 
 
 def batch(base, n=3, seed=0):

@@ -1,27 +1,21 @@
 """Guidance modes checked against hand computations on a tiny model; multi-condition sums."""
-import math
-
 import pytest
 import torch
 
-from cnetlib.controlnet import ControlledUNet, ControlNet, control_residuals
+from cnetlib.controlnet import ControlledUNet, control_residuals
 from cnetlib.diffusion import classifier_free_guidance, ddim_timesteps
 from cnetlib.guidance import (
     MODES, Control, connection_weights, control_active, guess_weights, guided_model_fn, resolution_weights, sample,
 )
-from cnetlib.unet import ToyUNet, UNetConfig
+from tiny import tiny_base, tiny_controlnet
 
-CFG = UNetConfig(image_size=16, channels=(8, 16), attention_levels=(False, True), context_dim=16, groups=4,
-                 text_layers=1)
 
 
 def setup(seed=0):
-    torch.manual_seed(0)
-    base = ToyUNet(CFG).eval().requires_grad_(False)
+    base = tiny_base()
     nets = []
     for k in range(2):
-        torch.manual_seed(10 + k)
-        net = ControlNet.from_unet(base, hint_channels=(4, 4, 8, 8, 8, 8, 8)).eval()
+        net = tiny_controlnet(base, seed=10 + k).eval()
         with torch.no_grad():
             for p in net.parameters():
                 if p.abs().sum() == 0:

@@ -5,21 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from cnetlib.controlnet import ControlNet
 from cnetlib.data import Fill50k, LazyPairs, colour_hint, source_to_tensor, target_to_tensor, write_fill50k
 from cnetlib.fidelity import PROMPT_SETTINGS, prompt_setting
 from cnetlib.probes import GROUPS, count_by_group, first_nonzero_step, gaussian_damage, gradient_front
-from cnetlib.unet import ToyUNet, UNetConfig
+from tiny import tiny_base, tiny_controlnet
 
-CFG = UNetConfig(image_size=16, channels=(8, 16), attention_levels=(False, True), context_dim=16, groups=4,
-                 text_layers=1)
 
 
 def tiny():
-    torch.manual_seed(0)
-    base = ToyUNet(CFG).eval().requires_grad_(False)
-    torch.manual_seed(1)
-    return base, ControlNet.from_unet(base, hint_channels=(4, 4, 8, 8, 8, 8, 8))
+    base = tiny_base()
+    return base, tiny_controlnet(base)
 
 
 def test_gradient_front_advances_one_zero_layer_per_step():

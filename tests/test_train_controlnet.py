@@ -5,22 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from cnetlib.controlnet import ControlledUNet, ControlNet
+from cnetlib.controlnet import ControlledUNet
 from cnetlib.data import Fill50k, target_to_tensor
 from cnetlib.fidelity import FidelityProbe, condition_iou
 from cnetlib.train import train_controlnet
-from cnetlib.unet import ToyUNet, UNetConfig
+from tiny import tiny_base, tiny_controlnet
 
-CFG = UNetConfig(image_size=16, channels=(8, 16), attention_levels=(False, True), context_dim=16, groups=4,
-                 text_layers=1)
 
 
 def fresh():
-    torch.manual_seed(0)
-    base = ToyUNet(CFG).eval().requires_grad_(False)
-    torch.manual_seed(1)
-    net = ControlNet.from_unet(base, hint_channels=(4, 4, 8, 8, 8, 8, 8))
-    return base, net
+    base = tiny_base()
+    return base, tiny_controlnet(base)
 
 
 DATA = Fill50k(64, size=16)
@@ -93,3 +88,4 @@ def test_bad_arguments():
         train_controlnet(base, net, DATA, steps=0)
     with pytest.raises(ValueError, match="lr_schedule: expected 'constant' or 'cosine'"):
         train_controlnet(base, net, DATA, steps=2, lr_schedule="linear")
+

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..base import load_or_train_base
 from ..checkpoint import save_checkpoint
@@ -111,17 +110,17 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
     net = toy_controlnet(base, variant, connector_std=connector_std, seed=seed,
                          condition_encoder=recipe.condition_encoder, hint_channels=recipe.hint_channels)
     steps = steps or recipe.steps
+    lr = lr or recipe.lr
+    drop_prompt = recipe.drop_prompt if drop_prompt is None else drop_prompt
     data = Fill50k(n_train or recipe.n_train, seed=0, condition=recipe.condition)
     probe = FidelityProbe(n=recipe.probe_n, steps=recipe.probe_steps, extra_t=recipe.probe_extra_t,
                           condition=recipe.condition)
     run = train_controlnet(base, net, data, steps=steps, batch_size=batch_size or recipe.batch_size,
-                           lr=lr or recipe.lr, lr_schedule=recipe.lr_schedule,
-                           drop_prompt=recipe.drop_prompt if drop_prompt is None else drop_prompt,
-                           seed=seed, probe=probe, eval_every=recipe.eval_every, sample_every=recipe.sample_every,
+                           lr=lr, lr_schedule=recipe.lr_schedule, drop_prompt=drop_prompt, seed=seed, probe=probe,
+                           eval_every=recipe.eval_every, sample_every=recipe.sample_every,
                            out_dir=out, progress=progress, device=device)
-    summary = {"seed": seed, "variant": variant, "condition": recipe.condition, "lr": lr or recipe.lr,
-               "lr_schedule": recipe.lr_schedule, "n_train": len(data),
-               "drop_prompt": recipe.drop_prompt if drop_prompt is None else drop_prompt,
+    summary = {"seed": seed, "variant": variant, "condition": recipe.condition, "lr": lr,
+               "lr_schedule": recipe.lr_schedule, "n_train": len(data), "drop_prompt": drop_prompt,
                "parameters": parameter_counts(net), **summarize(run)}
     if out is not None:
         out = Path(out)

@@ -11,7 +11,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 
 import torch
 import torch.nn as nn
@@ -171,19 +171,29 @@ def train_controlnet(
     losses, log) is written atomically to ``out_dir/state.pt`` every
     ``checkpoint_every`` steps, at the end and on Ctrl-C. With ``resume=True`` an
     existing ``state.pt`` is picked up: on the CPU the resumed run ends with weights
-    bitwise identical to an uninterrupted one. ``on_step(step, controlnet)`` is called
+    bitwise identical to an uninterrupted one. A ``state.pt`` written with other settings
+    (steps, batch, learning rate, seed, data size, the ControlNet's config...) is refused
+    with the differences named, before anything is written. ``on_step(step, controlnet)`` is called
     after every optimiser step (chapter 02 records the zero convs' norms with it).
     """
     from pathlib import Path
 
-    from .checkpoint import atomic_save, atomic_write_text
+    from .checkpoint import atomic_save, atomic_write_text, config_diff
     from .controlnet import ControlledUNet
 
     if steps < 1:
         raise ValueError(f"steps: expected at least 1, got {steps}")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
+    if not 0.0 <= drop_prompt <= 1.0:
+        raise ValueError(f"drop_prompt: expected a value in [0, 1], got {drop_prompt}")
     sample_every = sample_every or eval_every
+    # What a resumed run must share with the run that wrote state.pt to continue it exactly.
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                "max_grad_norm": max_grad_norm, "lr_schedule": lr_schedule, "drop_prompt": drop_prompt,
+                "seed": seed, "n_data": len(data), "eval_every": eval_every, "sample_every": sample_every}
+    if is_dataclass(getattr(controlnet, "config", None)):
+        settings.update({f"controlnet.{k}": v for k, v in asdict(controlnet.config).items()})
 
     def lr_at(step: int) -> float:  # a function of the step alone, so a resumed run gets the same rates
         if lr_schedule == "constant":
@@ -202,6 +212,10 @@ def train_controlnet(
         out.mkdir(parents=True, exist_ok=True)
     if state_path is not None and resume and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
+        diff = config_diff(state.get("settings", {}), settings)
+        if diff:
+            raise ValueError(f"{state_path} was written by a run with other settings, so it cannot be resumed "
+                             f"(nothing was changed; use another out_dir or resume=False): " + "; ".join(diff))
         controlnet.load_state_dict(state["controlnet"])
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
@@ -213,7 +227,7 @@ def train_controlnet(
 
     def save_state() -> None:
         if state_path is not None:
-            atomic_save({"controlnet": controlnet.state_dict(), "optimizer": opt.state_dict(),
+            atomic_save({"settings": settings, "controlnet": controlnet.state_dict(), "optimizer": opt.state_dict(),
                          "generator": g.get_state(), "losses": run.losses, "log": run.log,
                          "samples": run.samples}, state_path)
 

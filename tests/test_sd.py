@@ -223,3 +223,21 @@ def test_sd_training_resumes_exactly_and_costs_are_measured(tmp_path):
     assert cost["controlnet"]["trainable_parameters"] < cost["finetune"]["trainable_parameters"]
     assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
     assert not any(p.requires_grad for p in parts.unet.parameters())  # the UNet is left frozen
+
+
+def test_benchmark_script_runs_on_the_tiny_preset(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "sd_controlnet.py"
+    spec = importlib.util.spec_from_file_location("sd_controlnet_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    res = bench.main(["--preset", "tiny", "--repeats", "1"])
+    assert res["max_residual_diff"] == 0.0                       # same weights, same residuals as diffusers
+    for k in ("forward_s", "forward_backward_s"):
+        assert res[k]["cnetlib"] > 0 and res[k]["diffusers"] > 0
+    cost = res["training_step"]
+    assert cost["controlnet"]["trainable_parameters"] < cost["finetune"]["trainable_parameters"]
+    assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
+    assert "ratio" in capsys.readouterr().out                     # it prints the side-by-side table

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnetlib.controlnet import ControlledUNet
+from cnetlib.controlnet import ControlledUNet, ControlNet
 from cnetlib.data import Fill50k, target_to_tensor
 from cnetlib.fidelity import FidelityProbe, condition_iou
 from cnetlib.train import train_controlnet
@@ -89,3 +89,45 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="lr_schedule: expected 'constant' or 'cosine'"):
         train_controlnet(base, net, DATA, steps=2, lr_schedule="linear")
 
+
+def test_resume_with_other_settings_is_refused_and_nothing_is_overwritten(tmp_path):
+    base, net = fresh()
+    train_controlnet(base, net, DATA, steps=2, out_dir=tmp_path, **KW)
+    state = (tmp_path / "state.pt").read_bytes()
+    for change in ({"lr": 2e-3}, {"seed": 4}, {"steps": 3}):
+        base, net = fresh()
+        with pytest.raises(ValueError, match=f"other settings.*{next(iter(change))}: expected"):
+            train_controlnet(base, net, DATA, steps=change.get("steps", 2), out_dir=tmp_path,
+                             **{**KW, **{k: v for k, v in change.items() if k != "steps"}})
+        assert (tmp_path / "state.pt").read_bytes() == state
+    base = fresh()[0]
+    other = ControlNet.from_unet(base, hint_channels=(4, 4, 8, 8, 8, 8, 16))
+    with pytest.raises(ValueError, match="controlnet.hint_channels: expected"):
+        train_controlnet(base, other, DATA, steps=2, out_dir=tmp_path, **KW)
+    with pytest.raises(ValueError, match=r"drop_prompt: expected a value in \[0, 1\], got 1.5"):
+        train_controlnet(base, fresh()[1], DATA, steps=2, drop_prompt=1.5, out_dir=tmp_path / "new", **KW)
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_interrupted_experiment_writes_no_summary_and_resumes(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    import cnetlib.experiments.sudden_convergence as sc
+
+    recipe = replace(sc.RECIPE, steps=4, batch_size=4, n_train=64, eval_every=2, sample_every=4, probe_n=2,
+                     probe_steps=2)
+    real = sc.train_controlnet
+
+    def interrupt_at_2(*args, **kw):
+        def on_step(step, _):
+            if step == 2:
+                raise KeyboardInterrupt
+        return real(*args, **kw, on_step=on_step)
+
+    monkeypatch.setattr(sc, "train_controlnet", interrupt_at_2)
+    with pytest.raises(KeyboardInterrupt, match="interrupted after step 2; run the same command again"):
+        sc.run_experiment(out=tmp_path, progress=False, recipe=recipe)
+    assert (tmp_path / "state.pt").is_file() and not (tmp_path / "summary.json").exists()
+    monkeypatch.setattr(sc, "train_controlnet", real)
+    run, summary = sc.run_experiment(out=tmp_path, progress=False, recipe=recipe)
+    assert run.resumed_from == 2 and len(run.losses) == 4 and (tmp_path / "summary.json").is_file()

@@ -212,7 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         if name not in RUNS:
             raise SystemExit(f"run: expected one of {sorted(RUNS)}, got {name!r}")
-        _, summary = run_experiment(out=SHIPPED / name, progress=True, **RUNS[name])
+        try:
+            _, summary = run_experiment(out=SHIPPED / name, progress=True, **RUNS[name])
+        except KeyboardInterrupt as e:
+            raise SystemExit(str(e) or "interrupted") from None
         print(name, json.dumps({k: summary[k] for k in ("seconds", "iou_before", "iou_after") if k in summary}))
 
 

@@ -119,6 +119,9 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
                            lr=lr, lr_schedule=recipe.lr_schedule, drop_prompt=drop_prompt, seed=seed, probe=probe,
                            eval_every=recipe.eval_every, sample_every=recipe.sample_every,
                            out_dir=out, progress=progress, device=device)
+    if run.interrupted:  # summary.json marks a finished run: never write it for half of one
+        raise KeyboardInterrupt(f"interrupted after step {len(run.losses)}"
+                                + (f"; run the same command again to resume from {out}/state.pt" if out else ""))
     summary = {"seed": seed, "variant": variant, "condition": recipe.condition, "lr": lr,
                "lr_schedule": recipe.lr_schedule, "n_train": len(data), "drop_prompt": drop_prompt,
                "parameters": parameter_counts(net), **summarize(run)}
@@ -155,8 +158,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = p.parse_args(argv)
     recipe = replace(RECIPE, condition=a.condition, condition_encoder=a.condition_encoder, lr_schedule=a.lr_schedule, hint_channels=tuple(a.hint_channels),
                      eval_every=a.eval_every, sample_every=a.sample_every)
-    _, summary = run_experiment(a.seed, a.steps, a.variant, a.drop_prompt, a.lr, a.n_train, a.batch_size, a.out,
-                                a.device, not a.no_progress, recipe=recipe, connector_std=a.connector_std)
+    try:
+        _, summary = run_experiment(a.seed, a.steps, a.variant, a.drop_prompt, a.lr, a.n_train, a.batch_size, a.out,
+                                    a.device, not a.no_progress, recipe=recipe, connector_std=a.connector_std)
+    except KeyboardInterrupt as e:
+        raise SystemExit(str(e) or "interrupted") from None
     slim = {k: ({kk: vv for kk, vv in v.items() if kk != "switch_steps"} if k.startswith("per_sample") else v)
             for k, v in summary.items()}
     print(json.dumps(slim))

@@ -180,7 +180,9 @@ if not SMOKE:
     assert no["cond_only"] > no["both"] + 0.05            # guiding the control helps when there is no prompt
     assert max(no["resolution_weighted"], no["guess"]) > no["both"]
     for m in modes:                                        # with the full prompt, colours stay right in every mode
-        assert table[("full", m, b3)]["circle_accuracy"] >= 0.8
+        assert table[("full", m, b3)]["circle_accuracy"] >= 0.8 and table[("full", m, b3)]["iou"] >= 0.75
+        # a conflicting prompt's colours are followed too, and the outline still places the circle
+        assert table[("conflicting", m, b3)]["circle_accuracy"] >= 0.8 and table[("conflicting", m, b3)]["iou"] >= 0.75
     assert no["resolution_weighted"] > no["both"]          # resolution weighting helps without a prompt...
     assert no["resolution_weighted"] <= no["cond_only"]    # ...but no more than plain cond_only at this scale
     hi = max(guidances)                                    # at a high β, control in ε_c alone overshoots:

@@ -151,6 +151,9 @@ if not SMOKE:
     assert c["background_accuracy"] > 0.5                              # the hint carries colour
     assert both["iou"] > c["iou"]                                      # the sum keeps the outline's geometry...
     assert both["background_accuracy"] > o["background_accuracy"]     # ...and the hint's colours
+    assert both["iou"] > o["iou"]                                      # better placed than by either alone
+    assert min(both["circle_accuracy"] - c["circle_accuracy"],
+               both["background_accuracy"] - c["background_accuracy"]) > -0.1   # colours about as good as the hint's
 print(f"sum vs outline alone: IoU {both['iou']:.2f} vs {o['iou']:.2f}; "
       f"background colour {both['background_accuracy']:.2f} vs {o['background_accuracy']:.2f}")
 

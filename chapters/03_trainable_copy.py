@@ -106,10 +106,11 @@ for g, n in groups.items():
     print(f"   {g:<26}{n:>9,}")
 assert counts["frozen"] == n_base and counts["trainable"] == sum(groups.values())
 copy_share = groups["Θc (trainable copy)"] / n_base
-assert 0.2 < copy_share < 0.6   # the encoder half (no decoder, no text encoder)
+print(f"the copy Θc is {copy_share:.0%} of the base")
+assert 0.35 < copy_share < 0.45   # the encoder half (no decoder, no text encoder): about two fifths
 
 # %% [markdown]
-# The copy is about a third of the base: it has no decoder and no text encoder (the
+# The copy is about two fifths of the base: it has no decoder and no text encoder (the
 # prompt's features c_t come from the frozen text encoder and are shared). On Stable
 # Diffusion the same recipe gives 361 M trainable parameters for an 860 M UNet
 # (chapter 07 counts them).
@@ -145,16 +146,17 @@ assert [r["h_i"] for r in rows] == [32, 32, 16, 16, 8, 8, 8]
 # `ConditionEncoder` builds either, and adapts the strides to the base: SD works on a
 # latent grid 8 × smaller than the image (3 stride-2 steps), our toy base in pixel space
 # (0 steps). Here are both, at SD scale (512 px → 64 × 64 × 320) and at the book's toy
-# scale (32 px → 32 × 32 × 8):
+# scale (32 px → 32 × 32 × 16, the width of the toy's first level):
 
 # %%
 from cnetlib.controlnet import PAPER_HINT_CHANNELS, REFERENCE_HINT_CHANNELS, ConditionEncoder
 
+width = base.config.channels[0]   # 16
 encoders = {
     ("paper", "SD 512 px"): ConditionEncoder("paper", 3, 320, 3, PAPER_HINT_CHANNELS),
     ("reference", "SD 512 px"): ConditionEncoder("reference", 3, 320, 3, REFERENCE_HINT_CHANNELS),
-    ("paper", "toy 32 px"): ConditionEncoder("paper", 3, 8, 0, (4, 8, 16, 32)),
-    ("reference", "toy 32 px"): ConditionEncoder("reference", 3, 8, 0, TOY_HINT_CHANNELS),
+    ("paper", "toy 32 px"): ConditionEncoder("paper", 3, width, 0, (4, 8, 16, 32)),
+    ("reference", "toy 32 px"): ConditionEncoder("reference", 3, width, 0, TOY_HINT_CHANNELS),
 }
 print(f"{'encoder':<10} {'scale':<10} {'params':>8} {'receptive field':>16}  output")
 with torch.no_grad():
@@ -166,19 +168,29 @@ with torch.no_grad():
         assert torch.equal(out, torch.zeros_like(out))          # both end in a zero conv
 assert encoders[("reference", "SD 512 px")](torch.rand(1, 3, 512, 512)).shape == (1, 320, 64, 64)
 
+n_params = {k: sum(p.numel() for p in enc.parameters()) for k, enc in encoders.items()}
+sd_ratio = n_params[("reference", "SD 512 px")] / n_params[("paper", "SD 512 px")]
+full_toy = sum(p.numel() for p in ConditionEncoder("reference", 3, width, 0, REFERENCE_HINT_CHANNELS).parameters())
+shrink = [t / r for t, r in zip(TOY_HINT_CHANNELS, REFERENCE_HINT_CHANNELS)]
+print(f"\nat SD scale the reference encoder has {sd_ratio:.1f}× the paper's parameters; at toy scale, with the "
+      f"reference widths, it would have {full_toy:,} ({full_toy / n_params[('reference', 'toy 32 px')]:.0f}× the toy "
+      f"encoder, {full_toy / groups['Θc (trainable copy)']:.0%} of the copy); the toy widths are "
+      f"{min(shrink):.3g}–{max(shrink):.3g} of the reference ones")
+assert 4.5 < sd_ratio < 5.5 and full_toy > 10 * n_params[("reference", "toy 32 px")]
 print("\nreference encoder, toy scale, stage by stage:")
 for layer, shape in encoders[("reference", "toy 32 px")].stages(torch.rand(1, 3, 32, 32)):
     print(f"   {layer:<12} -> {shape}")
 
 # %% [markdown]
 # The reference encoder has a larger receptive field at SD scale (its three stride-2
-# steps come late, after full-resolution 3 × 3 convs) and about 3× the parameters;
+# steps come late, after full-resolution 3 × 3 convs) and about 5× the parameters;
 # both are tiny next to the copy. **The rest of the book uses the reference variant**:
 # it is what the public ControlNet weights contain (chapter 07 loads them), and its
 # zero-initialised last conv makes the whole condition path start at zero, as the
 # paper's Z(c; Θz1) asks. At toy scale nothing needs to be downsampled, so full
-# reference widths (256 channels at 32 × 32) would cost more than the whole base; the
-# book's toy encoder keeps the layout at 1/8 of the widths: `TOY_HINT_CHANNELS`.
+# reference widths (256 channels at 32 × 32) would cost over ten times the toy encoder
+# and most of the size of the copy itself; the book's toy encoder keeps the layout at
+# an eighth to a half of the widths: `TOY_HINT_CHANNELS`.
 
 # %% [markdown]
 # ## 5 · Promise 1: at initialisation the output is exactly the base's

@@ -7,14 +7,15 @@ Modules follow the paper (Zhang, Rao, Agrawala, ICCV 2023):
 * :mod:`cnetlib.unet` — the toy SD-shaped UNet F(·; Θ) and its text encoder (chapter 01)
 * :mod:`cnetlib.train` — the training loops: the toy base, and ControlNet on it (chapters 01, 04)
 * :mod:`cnetlib.base` — the shipped toy base: recipe, ``load_or_train_base`` (chapter 01)
-* :mod:`cnetlib.metrics` — colour and disk measurements of generated images (chapter 01)
+* :mod:`cnetlib.metrics` — colours, clean disks and placement of generated images (chapters 01, 04)
+* :mod:`cnetlib.stats` — 95 % bootstrap intervals and comparisons for every table (chapters 01, 04-06)
 * :mod:`cnetlib.controlnet` — zero convolution Z, trainable copy Θc, condition encoder E,
   ``ControlNet``, ``ControlledUNet`` (chapters 02-03)
 * :mod:`cnetlib.probes` — gradients and connector damage measured (chapter 02)
 * :mod:`cnetlib.fidelity` — condition fidelity of samples (chapters 04-06)
 * :mod:`cnetlib.convergence` — the sudden-convergence detector (chapter 04)
 * :mod:`cnetlib.guidance` — CFG with control: four modes, w_i, several ControlNets (chapters 04-06)
-* :mod:`cnetlib.experiments` — the command-line experiments of chapter 04
+* :mod:`cnetlib.experiments` — the command-line experiments of chapters 01 (base levers) and 04
 * :mod:`cnetlib.sd` — ControlNet on Stable Diffusion with diffusers (chapter 07)
 * :mod:`cnetlib.train_sd` — training it with accelerate, and what it costs (chapter 08)
 * :mod:`cnetlib.checkpoint`, :mod:`cnetlib.viz`, :mod:`cnetlib.runtime`, :mod:`cnetlib.checks` — plumbing

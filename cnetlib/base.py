@@ -17,8 +17,8 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import TOY_PALETTE, Fill50k, check_palette
-from .metrics import PromptFollowing, prompt_following
-from .runtime import DATA_DIR, pick, smoke_mode
+from .metrics import DiskQuality, PromptFollowing, disk_quality, prompt_following
+from .runtime import DATA_DIR, ROOT, pick, smoke_mode
 from .train import TrainResult, train_denoiser
 from .unet import ToyUNet, UNetConfig
 
@@ -29,46 +29,60 @@ DEFAULT_GUIDANCE = 3.0
 
 @dataclass(frozen=True)
 class BaseRecipe:
-    """How the shipped base was trained (chapter 01 explains each choice)."""
+    """How the shipped base was trained (chapter 01 explains each choice and its levers)."""
 
-    steps: int = 1500
+    steps: int = 8000
     batch_size: int = 128
     lr: float = 2e-3
     warmup: int = 100
-    drop_prompt: float = 0.15
+    drop_prompt: float = 0.3
     ema_decay: float = 0.999
     n_train: int = 20000
     image_size: int = 32
     seed: int = 0
     palette: tuple[str, ...] = TOY_PALETTE
+    channels: tuple[int, ...] = (16, 32, 64)
+    weighting: str = "none"
+    #: Where the run ends inside its ``steps``-long cosine schedule (None: at its end).
+    stop_at: int | None = None
+
+    def config(self) -> UNetConfig:
+        """The UNet this recipe trains: ``channels`` per level, attention on the coarsest."""
+        n = len(self.channels)
+        return UNetConfig(image_size=self.image_size, channels=self.channels,
+                          attention_levels=(False,) * (n - 1) + (True,), groups=min(4, min(self.channels)))
 
 
-BASE_RECIPE = BaseRecipe()
-#: A few steps only: what smoke mode trains when it must train at all.
-SMOKE_RECIPE = BaseRecipe(steps=20, batch_size=16, n_train=512)
+BASE_RECIPE = BaseRecipe(stop_at=5500)
+#: A few steps of a narrow model only: what smoke mode trains when it must train at all.
+SMOKE_RECIPE = BaseRecipe(steps=20, batch_size=16, n_train=512, channels=(8, 16, 32))
 
 
 def train_base(recipe: BaseRecipe = BASE_RECIPE, config: UNetConfig | None = None,
                progress: bool = True, init: str | Path | None = None,
-               device: torch.device | str = "cpu") -> TrainResult:
+               device: torch.device | str = "cpu", out_dir: str | Path | None = None,
+               snapshot_every: int | None = None) -> TrainResult:
     """Train a :class:`ToyUNet` on Fill50k targets with their prompts.
 
-    The model is fresh, or starts from the weights of checkpoint ``init`` (to continue
-    a run with more steps; the optimiser starts afresh).
+    The model is fresh (``config``, default: the recipe's :meth:`BaseRecipe.config`),
+    or starts from the weights of checkpoint ``init`` (to continue a run with more
+    steps; the optimiser starts afresh). With ``out_dir`` the run is resumable
+    (:func:`~cnetlib.train.train_denoiser`).
     """
     torch.manual_seed(recipe.seed)
     if init is not None:
         model = load_checkpoint(init, ToyUNet, UNetConfig, expected_config=config).requires_grad_(True)
         config = model.config
     else:
-        config = config or UNetConfig(image_size=recipe.image_size)
+        config = config or recipe.config()
         model = ToyUNet(config)
     if config.image_size != recipe.image_size:
         raise ValueError(f"config.image_size: expected the recipe's {recipe.image_size}, got {config.image_size}")
     data = Fill50k(recipe.n_train, size=recipe.image_size, seed=recipe.seed, palette=recipe.palette)
     return train_denoiser(model, data, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
                           warmup=recipe.warmup, drop_prompt=recipe.drop_prompt, ema_decay=recipe.ema_decay,
-                          seed=recipe.seed, progress=progress, device=device)
+                          seed=recipe.seed, progress=progress, device=device, out_dir=out_dir,
+                          snapshot_every=snapshot_every, weighting=recipe.weighting, stop_at=recipe.stop_at)
 
 
 def training_meta(recipe: BaseRecipe, result: TrainResult, **extra) -> dict:
@@ -88,13 +102,16 @@ def load_or_train_base(path: str | Path = BASE_CHECKPOINT, recipe: BaseRecipe | 
     """The shipped base if ``path`` exists, else train one and save it there.
 
     In smoke mode a missing checkpoint is replaced by a 20-step model that is *not*
-    saved, so CI never writes a useless base where the real one belongs.
+    saved, so CI never writes a useless base where the real one belongs. Otherwise the
+    training is resumable: an interrupted one continues next time from ``runs/base`` (for
+    the shipped checkpoint's path) or from ``<path stem>_run/`` beside ``path``.
     """
     path = Path(path)
     if path.is_file():
         return load_base(path, expected_config=config)
     recipe = recipe or pick(BASE_RECIPE, SMOKE_RECIPE)
-    result = train_base(recipe, config, progress=progress)
+    run_dir = ROOT / "runs" / "base" if path.resolve() == BASE_CHECKPOINT.resolve() else path.parent / f"{path.stem}_run"
+    result = train_base(recipe, config, progress=progress, out_dir=None if smoke_mode() else run_dir)
     if not smoke_mode() and not result.interrupted:
         save_checkpoint(result.model, path, meta=training_meta(recipe, result))
     return result.model.eval().requires_grad_(False)
@@ -144,30 +161,56 @@ def evaluate_prompt_following(model: ToyUNet, n: int = 112, *, guidance: float =
     return prompt_following(images, prompts, palette)
 
 
+def evaluate_unprompted(model: ToyUNet, n: int = 112, *, steps: int = 20, seed: int = 0,
+                        batch_size: int = 56, progress: bool = False) -> DiskQuality:
+    """Sample ``n`` images with the empty prompt (the unconditional model, β irrelevant) and
+    measure their drawing (:func:`~cnetlib.metrics.disk_quality`): chapter 01's second target."""
+    images = torch.cat([generate(model, [""] * min(batch_size, n - i), guidance=1.0, steps=steps,
+                                 seed=seed + 1000 + i, progress=progress)
+                        for i in range(0, n, batch_size)])
+    return disk_quality(images)
+
+
+def score_base(model: ToyUNet, n: int = 112, *, steps: int = 20, guidance: float = DEFAULT_GUIDANCE,
+               seed: int = 0) -> dict[str, float]:
+    """The base's targets in one dict: prompted colours, disk IoU and clean share (β = ``guidance``),
+    and the unprompted model's disk IoU and clean share, each over ``n`` samples (DDIM ``steps``)."""
+    pf = evaluate_prompt_following(model, n, guidance=guidance, steps=steps, seed=seed)
+    un = evaluate_unprompted(model, n, steps=steps, seed=seed)
+    return {"circle_accuracy": pf.circle_accuracy, "background_accuracy": pf.background_accuracy,
+            "disk_iou": pf.mean_disk_iou, "clean_share": pf.clean_share,
+            "unprompted_disk_iou": float(un.disk_iou.mean()), "unprompted_clean_share": float(un.clean.mean()),
+            "n": n, "eval_steps": steps, "eval_guidance": guidance}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cnetlib.base", description="Train the toy base UNet and save it.")
+    p = argparse.ArgumentParser(prog="python -m cnetlib.base",
+                                description="Train the toy base UNet, save it and print its scores.")
     p.add_argument("--out", type=Path, default=BASE_CHECKPOINT, help="checkpoint path (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=BASE_RECIPE.steps)
+    p.add_argument("--steps", type=int, default=BASE_RECIPE.steps, help="length of the lr schedule (default: %(default)s)")
+    p.add_argument("--stop-at", type=int, default=BASE_RECIPE.stop_at,
+                   help="end the run after this many steps of the schedule (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=BASE_RECIPE.batch_size)
     p.add_argument("--seed", type=int, default=BASE_RECIPE.seed)
     p.add_argument("--lr", type=float, default=BASE_RECIPE.lr)
-    p.add_argument("--channels", type=int, nargs="+", default=None,
-                   help="channels per level (default: UNetConfig's); attention on the last level")
+    p.add_argument("--drop-prompt", type=float, default=BASE_RECIPE.drop_prompt)
+    p.add_argument("--channels", type=int, nargs="+", default=list(BASE_RECIPE.channels),
+                   help="channels per level (default: %(default)s); attention on the last level")
     p.add_argument("--init", type=Path, default=None, help="continue from this checkpoint's weights")
+    p.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "base",
+                   help="resumable training state (default: %(default)s); rerun the same command to resume")
+    p.add_argument("--snapshot-every", type=int, default=None, help="keep the EMA weights every N steps in run-dir")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--eval", type=int, default=112, help="number of samples to evaluate (0: skip)")
     args = p.parse_args(argv)
-    recipe = BaseRecipe(steps=args.steps, seed=args.seed, lr=args.lr, batch_size=args.batch_size)
-    config = None
-    if args.channels:
-        n = len(args.channels)
-        config = UNetConfig(channels=tuple(args.channels), attention_levels=(False,) * (n - 1) + (True,),
-                            groups=min(4, min(args.channels)))
-    result = train_base(recipe, config, init=args.init, device=args.device)
+    recipe = BaseRecipe(steps=args.steps, stop_at=args.stop_at, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
+                        drop_prompt=args.drop_prompt, channels=tuple(args.channels))
+    result = train_base(recipe, init=args.init, device=args.device, out_dir=args.run_dir,
+                        snapshot_every=args.snapshot_every)
     if result.interrupted:
-        raise SystemExit("interrupted: no checkpoint written")
+        raise SystemExit(f"interrupted: no checkpoint written; run the same command again to resume from {args.run_dir}")
     model = result.model.to(args.device)
-    scores = evaluate_prompt_following(model, args.eval).summary() if args.eval else {}
+    scores = score_base(model, args.eval) if args.eval else {}
     meta = training_meta(recipe, result, init=str(args.init) if args.init else None, device=args.device, **scores)
     save_checkpoint(model.cpu(), args.out, meta=meta)
     print(json.dumps({"checkpoint": str(args.out), **{k: v for k, v in meta.items() if k != "losses"}}))

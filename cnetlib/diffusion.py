@@ -118,17 +118,43 @@ def to_x0_eps(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: S
     return x0, eps
 
 
+WEIGHTINGS = ("none", "min_snr")
+
+
+def loss_weights(t: torch.Tensor, schedule: Schedule, prediction: str, weighting: str = "none",
+                 gamma: float = 5.0) -> torch.Tensor:
+    """Per-sample loss weights. ``"none"``: 1. ``"min_snr"`` (Hang et al., 2023, "Min-SNR-γ"):
+    weight the x_0 error by min(SNR, γ), i.e. the ε loss by min(SNR, γ)/SNR and the v loss by
+    min(SNR, γ)/(SNR + 1). Chapter 01 tries it as a lever on the toy base (it did not help)."""
+    if weighting == "none":
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+    if weighting != "min_snr":
+        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    snr = schedule.snr.to(t.device)[t].float()
+    capped = snr.clamp(max=gamma)
+    if prediction == "epsilon":
+        return capped / snr
+    if prediction == "v":
+        return capped / (snr + 1)
+    raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+
+
 def diffusion_loss(model_fn: ModelFn, x0: torch.Tensor, schedule: Schedule, prediction: str,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, weighting: str = "none") -> torch.Tensor:
     """The denoising loss ``E_{t,ε} ‖target − f_θ(x_t, t)‖²`` with ``t`` uniform.
 
     With ``prediction="epsilon"`` this is the paper's ``‖ε − ε_θ(z_t, t, c_t, c_f)‖²``
-    (``model_fn`` closes over the conditions c_t, c_f).
+    (``model_fn`` closes over the conditions c_t, c_f). ``weighting`` re-weights the
+    timesteps (:func:`loss_weights`); the default is the plain mean.
     """
     t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     x_t = q_sample(x0, t, noise, schedule)
-    return F.mse_loss(model_fn(x_t, t), prediction_target(x0, noise, t, schedule, prediction))
+    target = prediction_target(x0, noise, t, schedule, prediction)
+    if weighting == "none":
+        return F.mse_loss(model_fn(x_t, t), target)
+    per_sample = (model_fn(x_t, t) - target).pow(2).flatten(1).mean(1)
+    return (per_sample * loss_weights(t, schedule, prediction, weighting)).mean()
 
 
 # ----------------------------------------------------------------------------------

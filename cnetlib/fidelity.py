@@ -28,7 +28,7 @@ from .controlnet import ControlledUNet
 from .data import Fill50k, source_to_tensor, target_to_tensor
 from .diffusion import make_schedule, q_sample, to_x0_eps
 from .guidance import Control, sample
-from .metrics import as_uint8_images, iou, prompt_following, segment_circle
+from .metrics import as_uint8_images, iou, placement, prompt_following, segment_circle
 
 
 def condition_iou(images: torch.Tensor | np.ndarray, masks: np.ndarray, threshold: float = 60.0) -> np.ndarray:
@@ -110,11 +110,17 @@ class FidelityProbe:
                 with_p = self.samples(model, True)
                 no_p = self.samples(model, False)
                 iou_p, iou_n = condition_iou(with_p, self.masks), condition_iou(no_p, self.masks)
+                pl_p, pl_n = placement(with_p, self.masks), placement(no_p, self.masks)
                 pf = prompt_following(with_p, self.prompts, self.palette)
                 pf_n = prompt_following(no_p, self.prompts, self.palette)  # colours the prompt did not ask for
                 out.update({
                     "iou": float(iou_p.mean()), "iou_per_sample": iou_p.round(4).tolist(),
                     "iou_no_prompt": float(iou_n.mean()), "iou_no_prompt_per_sample": iou_n.round(4).tolist(),
+                    "within_1px": float(pl_p.within.mean()), "within_1px_no_prompt": float(pl_n.within.mean()),
+                    "center_error_per_sample": _finite_or_none(pl_p.center_error),
+                    "radius_error_per_sample": _finite_or_none(pl_p.radius_error),
+                    "center_error_no_prompt_per_sample": _finite_or_none(pl_n.center_error),
+                    "radius_error_no_prompt_per_sample": _finite_or_none(pl_n.radius_error),
                     "circle_accuracy": pf.circle_accuracy, "background_accuracy": pf.background_accuracy,
                     "circle_accuracy_no_prompt": pf_n.circle_accuracy,
                     "background_accuracy_no_prompt": pf_n.background_accuracy,
@@ -125,6 +131,11 @@ class FidelityProbe:
             return out
         finally:
             model.train(was_training)
+
+
+def _finite_or_none(values: np.ndarray, digits: int = 3) -> list:
+    """Per-sample errors for the JSON log: rounded, ``None`` where no circle was drawn (NaN)."""
+    return [round(float(v), digits) if np.isfinite(v) else None for v in values]
 
 
 # ----------------------------------------------------------------------------------
@@ -161,33 +172,84 @@ def prompt_setting(setting: str, prompts: Sequence[str], palette: Sequence[str])
     raise ValueError(f"setting: expected one of {PROMPT_SETTINGS}, got {setting!r}")
 
 
+@dataclass
+class Measurement:
+    """What :func:`measure` found, per sample (conditions × sampling seeds, seed-major).
+
+    ``iou``, ``within_1px``, ``circle_correct`` … are per-sample arrays, so a table
+    can give each mean its bootstrap interval (:mod:`cnetlib.stats`) and two settings
+    measured on the same conditions and seeds can be compared pairwise.
+    """
+
+    iou: np.ndarray
+    center_error: np.ndarray  #: px, nan where no circle was drawn
+    radius_error: np.ndarray
+    within_1px: np.ndarray  #: bool
+    circle_correct: np.ndarray | None = None  #: bool, when the wanted colours are known
+    background_correct: np.ndarray | None = None
+    images: torch.Tensor | None = None  #: the samples of the first seed
+
+    def mean(self, key: str) -> float:
+        return float(np.nanmean(np.asarray(getattr(self, key), dtype=float)))
+
+    def ci(self, key: str = "iou", **options):
+        """Mean of a per-sample quantity with its 95 % bootstrap interval (NaNs dropped)."""
+        from .stats import bootstrap_ci
+
+        v = np.asarray(getattr(self, key), dtype=float)
+        return bootstrap_ci(v[np.isfinite(v)], **options)
+
+    def summary(self) -> dict:
+        out = {"iou": self.mean("iou"), "within_1px": self.mean("within_1px"),
+               "center_error_median": float(np.nanmedian(self.center_error)) if np.isfinite(self.center_error).any()
+               else float("nan")}
+        if self.circle_correct is not None:
+            out.update(circle_accuracy=self.mean("circle_correct"), background_accuracy=self.mean("background_correct"))
+        return out
+
+
 def measure(base, controls: Sequence[Control], prompts: Sequence[str], masks: np.ndarray, palette: Sequence[str],
-            truth: Sequence[str] | None = None, **sample_options) -> dict:
-    """Sample with :func:`cnetlib.guidance.sample` and return the condition IoU and the share of
-    samples whose colours match ``truth`` (prompts naming the wanted colours, chapter 06) or,
+            truth: Sequence[str] | None = None, seeds: Sequence[int] = (0,), **sample_options) -> Measurement:
+    """Sample with :func:`cnetlib.guidance.sample` once per sampling seed in ``seeds`` and measure
+    every sample: the condition IoU, the placement (:func:`cnetlib.metrics.placement`) and, when
+    known, whether the colours match ``truth`` (prompts naming the wanted colours, chapter 06) or,
     without it, the prompts themselves when they name colours."""
-    images = sample(base, list(prompts), list(controls), **sample_options)
-    out = {"iou": float(condition_iou(images, masks).mean())}
+    if len(seeds) == 0:
+        raise ValueError("seeds: expected at least one sampling seed, got none")
     wanted = list(truth) if truth is not None else list(prompts)
-    if all(p.strip() and "background" in p for p in wanted):
-        pf = prompt_following(images, wanted, palette)
-        out.update(circle_accuracy=pf.circle_accuracy, background_accuracy=pf.background_accuracy)
-    return out
+    named = all(p.strip() and "background" in p for p in wanted)
+    parts: dict[str, list] = {k: [] for k in ("iou", "center", "radius", "within", "circle", "background")}
+    first = None
+    for seed in seeds:
+        images = sample(base, list(prompts), list(controls), seed=seed, **sample_options)
+        first = images if first is None else first
+        pl = placement(images, masks)
+        parts["iou"].append(condition_iou(images, masks))
+        parts["center"].append(pl.center_error)
+        parts["radius"].append(pl.radius_error)
+        parts["within"].append(pl.within)
+        if named:
+            pf = prompt_following(images, wanted, palette)
+            parts["circle"].append(pf.circle_correct)
+            parts["background"].append(pf.background_correct)
+    cat = {k: np.concatenate(v) if v else None for k, v in parts.items()}
+    return Measurement(cat["iou"], cat["center"], cat["radius"], cat["within"], cat["circle"], cat["background"], first)
 
 
 def guidance_table(base, controlnet, probe: FidelityProbe, modes: Sequence[str], guidances: Sequence[float],
-                   settings: Sequence[str] = PROMPT_SETTINGS, progress: bool = False, **sample_options) -> list[dict]:
-    """:func:`measure` for every (setting, mode, guidance) on the probe's conditions and seeds."""
+                   settings: Sequence[str] = PROMPT_SETTINGS, seeds: Sequence[int] = (0,), progress: bool = False,
+                   **sample_options) -> dict[tuple[str, str, float], Measurement]:
+    """:func:`measure` for every (setting, mode, guidance) on the probe's conditions, for each sampling seed."""
     from tqdm.auto import tqdm
 
-    rows = []
+    table = {}
     combos = [(s, m, g) for s in settings for m in modes for g in guidances]
     for setting, mode, guidance in tqdm(combos, desc="guidance table", disable=not progress):
         prompts = prompt_setting(setting, probe.prompts, probe.palette)
-        r = measure(base, [Control(controlnet, probe.conditions)], prompts, probe.masks, probe.palette,
-                    mode=mode, guidance=guidance, steps=probe.steps, **sample_options)
-        rows.append({"setting": setting, "mode": mode, "guidance": guidance, **r})
-    return rows
+        table[(setting, mode, guidance)] = measure(base, [Control(controlnet, probe.conditions)], prompts, probe.masks,
+                                                   probe.palette, seeds=seeds, mode=mode, guidance=guidance,
+                                                   steps=probe.steps, **sample_options)
+    return table
 
 
 def guidance_view(base, controls: Sequence[Control], prompts: Sequence[str], masks: np.ndarray | None = None, *,
@@ -205,3 +267,67 @@ def guidance_view(base, controls: Sequence[Control], prompts: Sequence[str], mas
     rows = [torch.cat(conds) * 2 - 1] + [images] if conds else [images]
     fig = image_grid(torch.cat(rows), ncols=len(prompts), scale=1.15, suptitle=head)
     return fig, numbers
+
+
+def modes_by_settings_grid(base, controlnet, probe: FidelityProbe, modes: Sequence[str],
+                           settings: Sequence[str] = PROMPT_SETTINGS, conditions: Sequence[int] = (0, 1, 2), *,
+                           guidance: float = 3.0, seed: int = 0, steps: int | None = None, **sample_options):
+    """The paper's Figure 5 at toy scale: one row per prompt setting, one column per guidance
+    mode, for each of a few probe ``conditions`` (its outline first), every cell from the same
+    seed. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    from .data import tensor_to_uint8
+
+    idx = list(conditions)
+    cond = probe.conditions[idx]
+    cells = {}
+    for setting in settings:
+        prompts = prompt_setting(setting, [probe.prompts[i] for i in idx], probe.palette)
+        for mode in modes:
+            cells[(setting, mode)] = tensor_to_uint8(sample(base, prompts, [Control(controlnet, cond)], mode=mode,
+                                                           guidance=guidance, seed=seed, steps=steps or probe.steps,
+                                                           **sample_options))
+    ncols = len(idx) * (len(modes) + 1)
+    fig, axes = plt.subplots(len(settings), ncols, figsize=(0.95 * ncols, 1.05 * len(settings) + 0.5), squeeze=False)
+    outlines = tensor_to_uint8(cond, (0.0, 1.0))
+    for r, setting in enumerate(settings):
+        for k in range(len(idx)):
+            col0 = k * (len(modes) + 1)
+            axes[r][col0].imshow(outlines[k], interpolation="nearest")
+            if r == 0:
+                axes[r][col0].set_title("condition", fontsize=7)
+            for m, mode in enumerate(modes):
+                ax = axes[r][col0 + 1 + m]
+                ax.imshow(cells[(setting, mode)][k], interpolation="nearest")
+                if r == 0:
+                    ax.set_title(mode.replace("resolution_weighted", "res. weighted").replace("_", " "), fontsize=7)
+        axes[r][0].set_ylabel(setting, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.suptitle(f"prompt settings (rows) × guidance modes (columns), β = {guidance:g}, seed {seed}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_guidance_table(table: dict, settings: Sequence[str], modes: Sequence[str], guidances: Sequence[float],
+                        key: str = "iou", ylabel: str = "IoU with the outline's disk"):
+    """One panel per prompt setting: a per-sample quantity of :func:`guidance_table`'s
+    measurements against β, one line per mode, with 95 % bootstrap intervals as error bars."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(settings), figsize=(3.3 * len(settings), 3.3), sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        for k, mode in enumerate(modes):
+            cis = [table[(setting, mode, g)].ci(key) for g in guidances]
+            x = np.asarray(guidances) * (1 + 0.02 * (k - len(modes) / 2))   # spread the bars a little
+            ax.errorbar(x, [c.value for c in cis], yerr=[[c.value - c.low for c in cis], [c.high - c.value for c in cis]],
+                        fmt="o-", ms=3, capsize=2, label=mode)
+        ax.set(title=setting, xlabel="guidance scale β")
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig

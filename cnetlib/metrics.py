@@ -1,9 +1,12 @@
-"""Measuring generated Fill50k images: which colours were drawn, and is it a clean disk?
+"""Measuring generated Fill50k images: which colours were drawn, is it a clean disk,
+and is it where the condition put it?
 
-Chapter 01 uses these to check that the toy base follows its prompt; chapter 04 adds
-the condition-fidelity IoU against the control image's disk. All functions take
-images as float tensors ``(B, 3, H, W)`` in [-1, 1] (what the samplers return) or
-``uint8`` arrays ``(B, H, W, 3)``.
+Chapter 01 uses these to check that the toy base follows its prompt and draws clean
+disks (:func:`prompt_following`, :func:`clean_disk`); chapter 04 adds the
+condition-fidelity IoU against the control image's disk and :func:`placement`, the
+centre and radius errors of the drawn disk in pixels. All functions take images as
+float tensors ``(B, 3, H, W)`` in [-1, 1] (what the samplers return) or ``uint8``
+arrays ``(B, H, W, 3)``.
 """
 from __future__ import annotations
 
@@ -70,6 +73,43 @@ def nearest_color(rgb: Sequence[float], palette: Sequence[str]) -> str:
     return palette[int(np.argmin(np.linalg.norm(table - np.asarray(rgb, np.float64), axis=1)))]
 
 
+#: RGB distance (0-255 units) within which a pixel counts as "the" background or circle colour.
+FLAT_TOLERANCE = 48.0
+
+
+def clean_disk(image: np.ndarray, threshold: float = 60.0, min_disk_iou: float = 0.9,
+               tolerance: float = FLAT_TOLERANCE, min_flat: float = 0.95) -> bool:
+    """Is one ``(H, W, 3)`` uint8 image one clean disk on a flat background?
+
+    Four tests, edges excluded (a 32 px disk's rim is where any sampler blurs):
+    the segmented circle fills its best-fit disk (disk IoU ≥ ``min_disk_iou``); almost
+    none of it lies more than 1.5 px outside that disk (at most 2 % of the disk's area:
+    no second blob); at least ``min_flat`` of the pixels more than 1.5 px outside the
+    disk lie within ``tolerance`` of the background colour; and as many of those more
+    than 1.5 px inside it within ``tolerance`` of the circle's median colour. Speckle, a
+    second blob, a ring, a colour gradient or an empty image fail.
+    """
+    mask = segment_circle(image, threshold)
+    if not mask.any():
+        return False
+    cx, cy, r = fit_disk(mask)
+    if iou(mask, disk_mask(cx, cy, r, image.shape[:2])) < min_disk_iou:
+        return False
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    d = np.hypot(xx - cx, yy - cy)
+    px = image.astype(np.float64)
+    outside, inside = d > r + 1.5, d < r - 1.5
+    if (mask & outside).sum() > max(2.0, 0.02 * mask.sum()):
+        return False
+    bg = background_color(image)
+    circle = np.median(px[mask], axis=0)
+    for region, colour in ((outside, bg), (inside, circle)):
+        if region.any() and (np.linalg.norm(px[region] - colour, axis=-1) <= tolerance).mean() < min_flat:
+            return False
+    return True
+
+
 @dataclass
 class PromptFollowing:
     """Per-sample and mean prompt-following figures for a batch of generated images."""
@@ -79,6 +119,7 @@ class PromptFollowing:
     disk_iou: np.ndarray  #: (B,): IoU of the segmented circle with its best-fit disk
     circle_pred: list[str]
     background_pred: list[str]
+    clean: np.ndarray | None = None  #: bool (B,): one clean disk on a flat background (:func:`clean_disk`)
 
     @property
     def circle_accuracy(self) -> float:
@@ -92,9 +133,14 @@ class PromptFollowing:
     def mean_disk_iou(self) -> float:
         return float(np.nanmean(self.disk_iou))
 
+    @property
+    def clean_share(self) -> float:
+        """Share of samples that are one clean disk on a flat background."""
+        return float(np.mean(self.clean)) if self.clean is not None else float("nan")
+
     def summary(self) -> dict[str, float]:
         return {"circle_accuracy": self.circle_accuracy, "background_accuracy": self.background_accuracy,
-                "disk_iou": self.mean_disk_iou, "n": len(self.disk_iou)}
+                "disk_iou": self.mean_disk_iou, "clean_share": self.clean_share, "n": len(self.disk_iou)}
 
 
 def prompt_following(images: torch.Tensor | np.ndarray, prompts: Sequence[str], palette: Sequence[str],
@@ -110,7 +156,7 @@ def prompt_following(images: torch.Tensor | np.ndarray, prompts: Sequence[str], 
     if len(prompts) != len(imgs):
         raise ValueError(f"prompts: expected {len(imgs)} (one per image), got {len(prompts)}")
     palette = list(palette)
-    c_ok, b_ok, ious, c_pred, b_pred = [], [], [], [], []
+    c_ok, b_ok, c_pred, b_pred = [], [], [], []
     for img, prompt in zip(imgs, prompts):
         want_c, want_b = parse_prompt(prompt)
         bg = background_color(img)
@@ -121,5 +167,78 @@ def prompt_following(images: torch.Tensor | np.ndarray, prompts: Sequence[str], 
         b_pred.append(pb)
         c_ok.append(pc == want_c and mask.any())
         b_ok.append(pb == want_b)
+    quality = disk_quality(imgs, threshold)
+    return PromptFollowing(np.array(c_ok), np.array(b_ok), quality.disk_iou, c_pred, b_pred, quality.clean)
+
+
+@dataclass
+class DiskQuality:
+    """How well each image draws a disk, whatever its colours (for samples without a prompt)."""
+
+    disk_iou: np.ndarray  #: (B,) IoU of the segmented circle with its best-fit disk (0 if none)
+    clean: np.ndarray  #: bool (B,) one clean disk on a flat background (:func:`clean_disk`)
+
+    def summary(self) -> dict[str, float]:
+        return {"disk_iou": float(self.disk_iou.mean()), "clean_share": float(self.clean.mean()),
+                "n": len(self.disk_iou)}
+
+
+def disk_quality(images: torch.Tensor | np.ndarray, threshold: float = 60.0) -> DiskQuality:
+    """Disk IoU and :func:`clean_disk` of every image (chapter 01's unprompted samples)."""
+    imgs = as_uint8_images(images)
+    ious = []
+    for img in imgs:
+        mask = segment_circle(img, threshold)
         ious.append(iou(mask, disk_mask(*fit_disk(mask), img.shape[:2])) if mask.any() else 0.0)
-    return PromptFollowing(np.array(c_ok), np.array(b_ok), np.array(ious), c_pred, b_pred)
+    return DiskQuality(np.array(ious), np.array([clean_disk(img, threshold) for img in imgs]))
+
+
+# ----------------------------------------------------------------------------------
+# Placement: is the drawn disk where the condition's disk is? (chapters 04-06)
+# ----------------------------------------------------------------------------------
+@dataclass
+class Placement:
+    """Per-sample centre and radius errors (pixels) of the drawn disk against the condition's.
+
+    The drawn disk is the best-fit disk (:func:`fit_disk`: centroid and area) of the
+    segmented circle, the condition's the same fit of its exact mask, so a perfect
+    sample has both errors 0. A sample with no circle at all gets ``nan`` errors and
+    counts as not placed.
+    """
+
+    center_error: np.ndarray  #: (B,) distance between the centres, px
+    radius_error: np.ndarray  #: (B,) drawn radius − condition radius, px (signed)
+    tolerance: float = 1.0
+
+    @property
+    def within(self) -> np.ndarray:
+        """bool (B,): centre and radius both within ``tolerance`` px."""
+        with np.errstate(invalid="ignore"):
+            return (self.center_error <= self.tolerance) & (np.abs(self.radius_error) <= self.tolerance)
+
+    def summary(self) -> dict[str, float]:
+        ok = np.isfinite(self.center_error)
+        return {"center_error_median": float(np.median(self.center_error[ok])) if ok.any() else float("nan"),
+                "center_error_mean": float(np.mean(self.center_error[ok])) if ok.any() else float("nan"),
+                "radius_error_median": float(np.median(np.abs(self.radius_error[ok]))) if ok.any() else float("nan"),
+                "within_1px": float(self.within.mean()), "no_circle": float((~ok).mean())}
+
+
+def placement(images: torch.Tensor | np.ndarray, masks: np.ndarray, threshold: float = 60.0,
+              tolerance: float = 1.0) -> Placement:
+    """Centre and radius errors of each image's drawn disk against its condition's ``masks`` (B, H, W).
+
+    IoU mixes position, size and shape in one number and understates how well a
+    circle is placed when its colours are hard to segment; this says it in pixels.
+    """
+    imgs = as_uint8_images(images)
+    masks = np.asarray(masks, bool)
+    if masks.shape != imgs.shape[:3]:
+        raise ValueError(f"masks: expected shape {imgs.shape[:3]} (one per image), got {masks.shape}")
+    centre, radius = [], []
+    for img, m in zip(imgs, masks):
+        cx, cy, r = fit_disk(segment_circle(img, threshold))
+        tx, ty, tr = fit_disk(m)
+        centre.append(float(np.hypot(cx - tx, cy - ty)))
+        radius.append(r - tr)
+    return Placement(np.array(centre), np.array(radius), tolerance)

@@ -44,3 +44,14 @@ def save_figure(fig, name: str, *, force: bool = False) -> Path | None:
     path = FIGURES_DIR / f"{name}.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     return path
+
+
+def default_device() -> str:
+    """``"cuda"`` when a CUDA GPU is visible (a Colab GPU runtime), else ``"cpu"``.
+
+    Chapters that train pass it on, so a reader who asks for retraining gets the fastest
+    device they have, and is told which one before anything long starts.
+    """
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

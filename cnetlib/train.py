@@ -23,12 +23,17 @@ from .diffusion import diffusion_loss, make_schedule
 
 @dataclass
 class TrainResult:
-    """What a training run returns: the EMA model, the loss of every step and timing."""
+    """What a training run returns: the EMA model, the loss of every step and timing.
+
+    ``raw`` is the last optimiser weights (the EMA's source), for chapter 01's EMA comparison.
+    """
 
     model: nn.Module
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    raw: nn.Module | None = None
+    resumed_from: int = 0
 
 
 def drop_prompts(prompts: list[str], p: float, generator: torch.Generator) -> list[str]:
@@ -46,6 +51,14 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         pe.lerp_(p, 1.0 - decay)
 
 
+def warmup_cosine(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then a cosine down to ``floor``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    u = (step - warmup) / max(1, steps - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
+
+
 def train_denoiser(
     model: nn.Module,
     data: Fill50k,
@@ -59,42 +72,92 @@ def train_denoiser(
     seed: int = 0,
     progress: bool = True,
     device: torch.device | str = "cpu",
+    out_dir=None,
+    checkpoint_every: int = 250,
+    snapshot_every: int | None = None,
+    weighting: str = "none",
+    stop_at: int | None = None,
 ) -> TrainResult:
     """Train a :class:`~cnetlib.unet.ToyUNet` (text-conditioned) on ``data``'s targets.
 
     The learning rate warms up linearly over ``warmup`` steps, then decays on a
-    cosine to 10 %. Returns the EMA copy of the weights in ``TrainResult.model``, on the CPU.
+    cosine to 10 % (:func:`warmup_cosine`); ``weighting`` re-weights the timesteps of the
+    loss (:func:`~cnetlib.diffusion.loss_weights`; chapter 01's levers). Returns the EMA copy of the weights in
+    ``TrainResult.model`` (and the raw weights in ``TrainResult.raw``), on the CPU.
     Random draws (batches, prompt drops, t, ε) come from a CPU generator, so ``device``
-    changes the arithmetic's rounding but not which samples are drawn.
+    changes the arithmetic's rounding but not which samples are drawn. Activations use
+    the channels-last layout, which PyTorch's CPU convolutions run faster.
+
+    With ``out_dir`` the run is resumable: every ``checkpoint_every`` steps, at the end
+    and on Ctrl-C, model, EMA, optimiser, generator and losses go atomically to
+    ``out_dir/state.pt``, and a later call with the same settings continues from it
+    (one with other settings is refused, naming them). With ``snapshot_every`` the EMA
+    weights are also kept every that many steps as ``out_dir/snapshots/ema_STEP.pt``
+    (chapter 01 measures the base along its training with them). ``stop_at`` ends the
+    run after that many steps of a schedule planned for ``steps`` (the learning rate is
+    what the full schedule has there); a later call with a larger ``stop_at`` continues.
     """
+    from pathlib import Path
+
+    from .checkpoint import atomic_save, config_diff
+
     if steps < 1:
         raise ValueError(f"steps: expected at least 1, got {steps}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
+    end = steps if stop_at is None else stop_at
+    if not 1 <= end <= steps:
+        raise ValueError(f"stop_at: expected a step in 1..steps={steps}, got {stop_at}")
     cfg = model.config
     schedule = make_schedule(cfg.schedule)
     g = torch.Generator().manual_seed(seed)
     targets = data.tensors()["target"]
-    model.to(device)
+    model.to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        u = (step - warmup) / max(1, steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(u * torch.pi)).item())
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, steps, warmup))
     ema = copy.deepcopy(model).requires_grad_(False)
-    result = TrainResult(ema)
+    result = TrainResult(ema, raw=model)
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "drop_prompt": drop_prompt,
+                "ema_decay": ema_decay, "seed": seed, "n_data": len(data), "weighting": weighting,
+                "config": cfg.to_dict()}
+    out = Path(out_dir) if out_dir is not None else None
+    state_path = out / "state.pt" if out else None
+    if state_path is not None and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        diff = config_diff(state["settings"], settings)
+        if diff:
+            raise ValueError(f"{state_path} was written by a run with other settings, so it cannot be resumed "
+                             f"(nothing was changed; use another out_dir or delete it): " + "; ".join(diff))
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        g.set_state(state["generator"])
+        result.losses, result.resumed_from = state["losses"], len(state["losses"])
+        result.seconds = state["seconds"]
+
+    # The generator as it was after the last completed step: a Ctrl-C inside a step (after
+    # some draws) must not shift the draws of the resumed run.
+    g_done = g.get_state()
+
+    def save_state(elapsed: float) -> None:
+        if state_path is not None:
+            atomic_save({"settings": settings, "model": model.state_dict(), "ema": ema.state_dict(),
+                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g_done,
+                         "losses": result.losses, "seconds": elapsed}, state_path)
+
     model.train()
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc="train", disable=not progress)
+    start = time.perf_counter() - result.seconds
+    bar = tqdm(range(result.resumed_from, end), desc="train", disable=not progress,
+               initial=result.resumed_from, total=end)
     try:
         for step in bar:
             idx = torch.randint(0, len(data), (batch_size,), generator=g)
-            x0 = target_to_tensor(targets[idx]).to(device)
+            x0 = target_to_tensor(targets[idx]).to(device).contiguous(memory_format=torch.channels_last)
             prompts = drop_prompts([data.prompts[i] for i in idx.tolist()], drop_prompt, g)
             context = model.encode_prompts(prompts)
-            loss = diffusion_loss(lambda x, t: model(x, t, context), x0, schedule, cfg.prediction, generator=g)
+            loss = diffusion_loss(lambda x, t: model(x, t, context), x0, schedule, cfg.prediction, generator=g,
+                                  weighting=weighting)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -102,16 +165,24 @@ def train_denoiser(
             sched.step()
             ema_update(ema, model, min(ema_decay, (1 + step) / (10 + step)))
             result.losses.append(loss.item())
+            g_done = g.get_state()
+            done = step + 1
             if step % 25 == 0:
                 bar.set_postfix(loss=f"{sum(result.losses[-25:]) / len(result.losses[-25:]):.4f}")
+            if out is not None and snapshot_every and done % snapshot_every == 0:
+                atomic_save({k: v.cpu() for k, v in ema.state_dict().items()}, out / "snapshots" / f"ema_{done}.pt")
+            if done % checkpoint_every == 0 and done < steps:
+                save_state(time.perf_counter() - start)
     except KeyboardInterrupt:
         result.interrupted = True
-        print(f"interrupted at step {len(result.losses)}: returning the model trained so far")
+        print(f"interrupted at step {len(result.losses)}: returning the model trained so far"
+              + (f" (state saved to {state_path}; run again to resume)" if state_path else ""))
     finally:
         bar.close()
-    result.seconds = time.perf_counter() - start
-    model.eval().cpu()
-    ema.eval().cpu()
+        result.seconds = time.perf_counter() - start
+        save_state(result.seconds)
+    for m in (model, ema):
+        m.eval().cpu().to(memory_format=torch.contiguous_format)
     return result
 
 

@@ -70,7 +70,7 @@ class UNetConfig:
 
     image_size: int = 32
     in_channels: int = 3
-    channels: tuple[int, ...] = (8, 16, 32)
+    channels: tuple[int, ...] = (16, 32, 64)
     layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, False, True)
     heads: int = 4

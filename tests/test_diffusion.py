@@ -108,3 +108,18 @@ def test_ddim_is_deterministic_and_ddpm_is_seeded():
     c = ddpm_sample(f, (1, 3, 4, 4), s, "epsilon", generator=torch.Generator().manual_seed(0))
     d = ddpm_sample(f, (1, 3, 4, 4), s, "epsilon", generator=torch.Generator().manual_seed(1))
     assert not torch.equal(c, d)
+
+
+def test_min_snr_weights():
+    from cnetlib.diffusion import loss_weights
+
+    s = make_schedule("cosine")
+    t = torch.tensor([0, 300, 999])
+    snr = s.snr[t].float()
+    assert torch.equal(loss_weights(t, s, "v"), torch.ones(3))
+    w_v, w_eps = loss_weights(t, s, "v", "min_snr", gamma=5.0), loss_weights(t, s, "epsilon", "min_snr", gamma=5.0)
+    torch.testing.assert_close(w_v, snr.clamp(max=5.0) / (snr + 1))
+    torch.testing.assert_close(w_eps, snr.clamp(max=5.0) / snr)
+    assert w_v[0] < 0.01 and w_eps[2] == pytest.approx(1.0)   # t = 0: SNR huge, capped; t = T: SNR < γ
+    with pytest.raises(ValueError, match="weighting: expected one of"):
+        loss_weights(t, s, "v", "p2")

@@ -73,3 +73,56 @@ def test_evaluation_prompts_cover_every_pair_once_before_repeating():
 def test_train_base_runs_with_a_small_recipe():
     r = train_base(BaseRecipe(steps=2, n_train=16, batch_size=4, image_size=16), config=TINY, progress=False)
     assert len(r.losses) == 2 and r.seconds > 0
+
+
+def test_an_interrupted_base_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import cnetlib.train as train
+
+    recipe = BaseRecipe(steps=6, n_train=32, image_size=16, batch_size=4)
+    straight = train_base(recipe, TINY, progress=False)
+    real, calls = train.diffusion_loss, {"n": 0}
+
+    def interrupt_inside_step_4(*args, **kw):   # after step 4 drew its batch: a Ctrl-C mid-step
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train, "diffusion_loss", interrupt_inside_step_4)
+    first = train_base(recipe, TINY, progress=False, out_dir=tmp_path, snapshot_every=2)
+    assert first.interrupted and len(first.losses) == 3 and (tmp_path / "state.pt").is_file()
+    monkeypatch.setattr(train, "diffusion_loss", real)
+    second = train_base(recipe, TINY, progress=False, out_dir=tmp_path, snapshot_every=2)
+    assert second.resumed_from == 3 and second.losses == straight.losses
+    for a, b in zip(straight.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "snapshots").iterdir()) == ["ema_2.pt", "ema_4.pt", "ema_6.pt"]
+    assert second.raw is not None and not torch.equal(second.raw.out[2].weight, second.model.out[2].weight)
+    before = (tmp_path / "state.pt").read_bytes()
+    with pytest.raises(ValueError, match="other settings.*lr: expected"):
+        train_base(BaseRecipe(steps=6, n_train=32, image_size=16, batch_size=4, lr=1e-3), TINY, progress=False,
+                   out_dir=tmp_path)
+    assert (tmp_path / "state.pt").read_bytes() == before
+
+
+def test_recipe_builds_its_unet_and_min_snr_trains():
+    recipe = BaseRecipe(steps=3, n_train=16, batch_size=4, image_size=16, channels=(8, 16), weighting="min_snr")
+    cfg = recipe.config()
+    assert cfg.channels == (8, 16) and cfg.attention_levels == (False, True) and cfg.image_size == 16
+    r = train_base(recipe, progress=False)
+    assert len(r.losses) == 3 and all(l == l for l in r.losses)   # finite
+
+
+def test_stop_at_ends_inside_the_schedule_and_a_later_call_continues(tmp_path):
+    from dataclasses import replace
+
+    recipe = BaseRecipe(steps=6, n_train=32, image_size=16, batch_size=4)
+    straight = train_base(recipe, TINY, progress=False)
+    part = train_base(replace(recipe, stop_at=4), TINY, progress=False, out_dir=tmp_path)
+    assert len(part.losses) == 4 and part.losses == straight.losses[:4]   # same schedule, cut at step 4
+    rest = train_base(recipe, TINY, progress=False, out_dir=tmp_path)  # stop_at is not a setting: resumes
+    assert rest.resumed_from == 4 and rest.losses == straight.losses
+    for a, b in zip(straight.model.state_dict().values(), rest.model.state_dict().values()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="stop_at: expected a step in 1..steps=6, got 7"):
+        train_base(replace(recipe, stop_at=7), TINY, progress=False)

@@ -114,7 +114,7 @@ def test_an_interrupted_experiment_writes_no_summary_and_resumes(tmp_path, monke
 
     import cnetlib.experiments.sudden_convergence as sc
 
-    recipe = replace(sc.RECIPE, steps=4, batch_size=4, n_train=64, eval_every=2, sample_every=4, probe_n=2,
+    recipe = replace(sc.RECIPE, steps=4, batch_size=4, n_train=64, eval_every=2, sample_every=4, probe_n=2, final_probe_n=2,
                      probe_steps=2)
     real = sc.train_controlnet
 
@@ -131,3 +131,21 @@ def test_an_interrupted_experiment_writes_no_summary_and_resumes(tmp_path, monke
     monkeypatch.setattr(sc, "train_controlnet", real)
     run, summary = sc.run_experiment(out=tmp_path, progress=False, recipe=recipe)
     assert run.resumed_from == 2 and len(run.losses) == 4 and (tmp_path / "summary.json").is_file()
+    assert summary["final_probe_n"] == 2 and len(summary["per_sample_iou_after"]) == 2
+    assert set(summary["placement"]) == {"with_prompt", "no_prompt", "no_prompt_guided"}
+    assert 0.0 <= summary["placement"]["with_prompt"]["within_1px"] <= 1.0
+    assert summary["no_prompt_guided"] == {"mode": recipe.no_prompt_mode, "guidance": recipe.no_prompt_guidance}
+
+
+def test_the_cli_prints_a_summary_without_its_long_lists():
+    import json
+
+    from cnetlib.experiments.sudden_convergence import slim_summary
+
+    summary = {"iou_after": 0.9, "per_sample_iou_after": [0.9] * 64, "jump": {"jump_step": 300},
+               "per_sample": {"median": 300.0, "switch_steps": list(range(32))},
+               "placement": {"with_prompt": {"within_1px": 1.0, "center_error_per_sample": [0.1] * 64}}}
+    out = slim_summary(summary)
+    assert out == {"iou_after": 0.9, "jump": {"jump_step": 300}, "per_sample": {"median": 300.0},
+                   "placement": {"with_prompt": {"within_1px": 1.0}}}
+    json.dumps(out)

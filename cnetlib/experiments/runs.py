@@ -12,6 +12,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -21,18 +22,30 @@ SHIPPED = DATA_DIR / "sudden_convergence"
 #: Where full mode writes its own runs (ignored by git).
 LOCAL = ROOT / "runs" / "sudden_convergence"
 
-#: name -> keyword arguments of run_experiment (the CLI flags in the comment).
-RUNS: dict[str, dict] = {
-    "seed0": {"seed": 0},                                  # --seed 0
-    "seed1": {"seed": 1},                                  # --seed 1
-    "seed2": {"seed": 2},                                  # --seed 2
-    "gaussian": {"seed": 0, "variant": "gaussian"},       # --variant gaussian
-    "lite": {"seed": 0, "variant": "lite"},               # --variant lite
-    "drop0": {"seed": 0, "drop_prompt": 0.0},              # --drop-prompt 0
-    "n1000": {"seed": 0, "n_train": 1000},                 # --n-train 1000
-    "colour": {"seed": 0, "condition": "colour_hint"},     # --condition colour_hint (chapter 06)
+#: The training seeds of every arm of chapter 04's comparisons.
+TRAINING_SEEDS = (0, 1, 2)
+#: Chapter 04's arms: name -> keyword arguments of run_experiment (the CLI flags in the comment),
+#: each trained with every seed of TRAINING_SEEDS.
+ARMS: dict[str, dict] = {
+    "seed": {},                                            # the paper's recipe (zero convs, 50 % dropped)
+    "gaussian": {"variant": "gaussian"},                  # --variant gaussian
+    "lite": {"variant": "lite"},                          # --variant lite
+    "drop0": {"drop_prompt": 0.0},                         # --drop-prompt 0
+    "n1000": {"n_train": 1000},                            # --n-train 1000
 }
-SEEDS = ("seed0", "seed1", "seed2")
+#: name -> keyword arguments of run_experiment: ``seed0`` … ``gaussian2`` …, and chapter 06's colour hint.
+RUNS: dict[str, dict] = {f"{arm}{s}": {"seed": s, **kw} for arm, kw in ARMS.items() for s in TRAINING_SEEDS}
+RUNS["colour"] = {"seed": 0, "condition": "colour_hint"}   # --condition colour_hint (chapter 06)
+SEEDS = tuple(f"seed{s}" for s in TRAINING_SEEDS)
+#: Runs whose trained ControlNet ships (chapters 05-06 sample with them); the others ship their logs only.
+SHIPPED_WEIGHTS = SEEDS + ("colour",)
+
+
+def arm_runs(arm: str) -> tuple[str, ...]:
+    """The run names of one arm of :data:`ARMS`, one per training seed."""
+    if arm not in ARMS:
+        raise KeyError(f"arm: expected one of {sorted(ARMS)}, got {arm!r}")
+    return tuple(f"{arm}{s}" for s in TRAINING_SEEDS)
 
 
 @dataclass
@@ -157,6 +170,25 @@ def plot_curves(runs: list[Run], key: str = "iou", labels: list[str] | None = No
     return fig
 
 
+def plot_arms(arms: dict[str, list[Run]], key: str = "iou", title: str = "", ylabel: str | None = None):
+    """One logged quantity against the step for each arm: the mean over its training seeds,
+    with the band between the lowest and the highest seed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, (arm, runs) in enumerate(arms.items()):
+        curves = [r.curve(key) for r in runs]
+        n = min(len(c[0]) for c in curves)
+        steps = curves[0][0][:n]
+        values = np.stack([c[1][:n] for c in curves])
+        ax.plot(steps, values.mean(0), "o-", ms=2.5, color=f"C{k}", label=f"{arm} ({len(runs)} seeds)")
+        ax.fill_between(steps, values.min(0), values.max(0), color=f"C{k}", alpha=0.15, lw=0)
+    ax.set(xlabel="training step", ylabel=ylabel or key.replace("_", " "), title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def sample_strip(run: Run, steps: list[int], conditions: np.ndarray, key: str = "images"):
     """The paper's Figure 4 at toy scale: the condition row, then the samples at each step."""
     from .. import viz
@@ -188,13 +220,54 @@ def summary_table(runs: list[Run]) -> list[dict]:
     return rows
 
 
+def per_sample_after(run: Run, key: str) -> np.ndarray:
+    """A per-sample figure of the final evaluation of ``run``: ``"iou"``, ``"iou_no_prompt"``,
+    ``"within_1px"`` or ``"within_1px_no_prompt"`` (bool as 0/1; no circle counts as not placed)."""
+    s = run.summary
+    if key in ("iou", "iou_no_prompt"):
+        return np.asarray(s["per_sample_iou_after" if key == "iou" else "per_sample_iou_no_prompt_after"], float)
+    if key in ("within_1px", "within_1px_no_prompt"):
+        pl = s["placement"]["with_prompt" if key == "within_1px" else "no_prompt"]
+        c = np.array([np.inf if v is None else v for v in pl["center_error_per_sample"]], float)
+        r = np.array([np.inf if v is None else v for v in pl["radius_error_per_sample"]], float)
+        return ((c <= 1.0) & (np.abs(r) <= 1.0)).astype(float)
+    raise KeyError(f"key: expected iou, iou_no_prompt, within_1px or within_1px_no_prompt, got {key!r}")
+
+
+def arm_interval(runs: list[Run], key: str = "iou"):
+    """Mean of a final per-sample figure over the runs of one arm (one per training seed), with its
+    95 % bootstrap interval, resampled hierarchically: training seeds, then samples (:mod:`cnetlib.stats`)."""
+    from ..stats import bootstrap_ci
+
+    groups = [per_sample_after(r, key) for r in runs]
+    return bootstrap_ci(groups if len(groups) > 1 else groups[0])
+
+
+def arm_table(arms: dict[str, list[Run]], keys: Sequence[str] = ("iou", "iou_no_prompt", "within_1px")) -> list[dict]:
+    """One row per arm: each key's mean with its interval, and the jump step and sharpness of each seed."""
+    rows = []
+    for arm, runs in arms.items():
+        row = {"arm": arm, "seeds": len(runs)}
+        for key in keys:
+            row[key] = arm_interval(runs, key)
+        row["iou_before"] = float(np.mean([r.summary["iou_before"] for r in runs]))
+        row["jump_steps"] = tuple(r.summary.get("jump", {}).get("jump_step") for r in runs)
+        row["sharpness"] = tuple(r.summary.get("jump", {}).get("sharpness") for r in runs)
+        rows.append(row)
+    return rows
+
+
 def print_table(rows: list[dict], keys: list[str]) -> None:
-    """Print rows as an aligned text table (numbers to 2-3 significant digits)."""
+    """Print rows as an aligned text table (numbers to 2-3 significant digits, intervals as ``m [lo, hi]``)."""
+    from ..stats import Interval
+
     def fmt(v):
+        if isinstance(v, Interval):
+            return str(v)
         if isinstance(v, float):
             return f"{v:.2f}" if abs(v) < 100 else f"{v:.0f}"
-        if isinstance(v, tuple):
-            return "–".join(fmt(x) for x in v)
+        if isinstance(v, tuple):  # a range (2 values) or one value per seed
+            return ("–" if len(v) == 2 else "/").join(fmt(x) for x in v)
         return "—" if v is None else str(v)
 
     cells = [[fmt(r[k]) for k in keys] for r in rows]
@@ -205,17 +278,33 @@ def print_table(rows: list[dict], keys: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cnetlib.experiments.runs NAME [NAME ...]``: (re)generate shipped runs into data/."""
+    """``python -m cnetlib.experiments.runs NAME [NAME ...] [--device cuda]``: (re)generate shipped
+    runs into data/ (all of them, one after the other, when no name is given; an arm name such as
+    ``gaussian`` stands for its three seeds)."""
+    import argparse
+
     from .sudden_convergence import run_experiment
 
-    names = (argv if argv is not None else sys.argv[1:]) or list(RUNS)
+    p = argparse.ArgumentParser(prog="python -m cnetlib.experiments.runs", description=main.__doc__.split("\n")[0])
+    p.add_argument("names", nargs="*", help=f"runs ({', '.join(RUNS)}) or arms ({', '.join(ARMS)}); default: all")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv if argv is not None else sys.argv[1:])
+    names: list[str] = []
+    for name in a.names or list(RUNS):
+        if name in ARMS:
+            names += arm_runs(name)
+        elif name in RUNS:
+            names.append(name)
+        else:
+            raise SystemExit(f"run: expected one of {sorted(RUNS)} or an arm of {sorted(ARMS)}, got {name!r}")
     for name in names:
-        if name not in RUNS:
-            raise SystemExit(f"run: expected one of {sorted(RUNS)}, got {name!r}")
         try:
-            _, summary = run_experiment(out=SHIPPED / name, progress=True, **RUNS[name])
+            _, summary = run_experiment(out=SHIPPED / name, progress=True, device=a.device, **RUNS[name])
         except KeyboardInterrupt as e:
             raise SystemExit(str(e) or "interrupted") from None
+        (SHIPPED / name / "state.pt").unlink(missing_ok=True)  # training state: for resuming, not for shipping
+        if name not in SHIPPED_WEIGHTS:  # the book ships the logs of this run, not its weights
+            (SHIPPED / name / "controlnet.pt").unlink(missing_ok=True)
         print(name, json.dumps({k: summary[k] for k in ("seconds", "iou_before", "iou_after") if k in summary}))
 
 

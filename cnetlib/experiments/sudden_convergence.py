@@ -31,7 +31,7 @@ from ..train import ControlNetRun, train_controlnet
 class Recipe:
     """The book's ControlNet training recipe at toy scale (chapter 04 explains the choices)."""
 
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 3e-3
     lr_schedule: str = "cosine"
@@ -45,14 +45,45 @@ class Recipe:
     probe_steps: int = 20
     probe_extra_t: tuple[int, ...] = ()
     condition: str = "outline"
+    final_probe_n: int = 64
+    no_prompt_mode: str = "cond_only"
+    no_prompt_guidance: float = 3.0
     extra: dict = field(default_factory=dict)
 
 
 RECIPE = Recipe()
 
 
-def summarize(run: ControlNetRun, window: float = 0.1) -> dict:
-    """The detector's figures on the sampled IoU (with prompt), the no-prompt IoU and the proxy."""
+def final_evaluation(base, controlnet, recipe: Recipe = RECIPE, device: str = "cpu") -> dict:
+    """The trained ControlNet measured once more on ``recipe.final_probe_n`` held-out outlines
+    (the training curve uses ``probe_n``): IoU and placement with the prompt (mode both, β 3),
+    with the empty prompt at β = 1 (the plain controlled model), and with the empty prompt in
+    ``recipe.no_prompt_mode`` at β = ``recipe.no_prompt_guidance`` (chapter 05's best mode)."""
+    from ..controlnet import ControlledUNet
+    from ..fidelity import _finite_or_none, condition_iou
+    from ..guidance import Control, sample
+    from ..metrics import placement
+
+    probe = FidelityProbe(n=recipe.final_probe_n, steps=recipe.probe_steps, condition=recipe.condition)
+    model = ControlledUNet(base, controlnet).to(device).eval()
+    out = {k: v for k, v in probe.evaluate(model, sampled=True).items() if not k.startswith("images")}
+    guided = sample(base, [""] * probe.n, [Control(controlnet, probe.conditions)], mode=recipe.no_prompt_mode,
+                    guidance=recipe.no_prompt_guidance, steps=probe.steps)
+    iou_g, pl_g = condition_iou(guided, probe.masks), placement(guided, probe.masks)
+    out.update({"n": probe.n, "no_prompt_mode": recipe.no_prompt_mode, "no_prompt_guidance": recipe.no_prompt_guidance,
+                "iou_no_prompt_guided": float(iou_g.mean()),
+                "iou_no_prompt_guided_per_sample": iou_g.round(4).tolist(),
+                "within_1px_no_prompt_guided": float(pl_g.within.mean()),
+                "center_error_no_prompt_guided_per_sample": _finite_or_none(pl_g.center_error),
+                "radius_error_no_prompt_guided_per_sample": _finite_or_none(pl_g.radius_error)})
+    return out
+
+
+def summarize(run: ControlNetRun, window: float = 0.1, final: dict | None = None) -> dict:
+    """The detector's figures on the sampled IoU (with prompt), the no-prompt IoU and the proxy.
+
+    With ``final`` (:func:`final_evaluation`) the "after" figures, per-sample lists and
+    placement come from it; the curve's own last point stays in ``iou_after_curve``."""
     sampled = [r for r in run.log if "iou" in r]
     out: dict = {"steps": len(run.losses), "seconds": round(run.seconds, 1)}
     if len(sampled) >= 3:
@@ -63,11 +94,37 @@ def summarize(run: ControlNetRun, window: float = 0.1) -> dict:
         jumps = per_sample_jumps(st, np.array([r["iou_per_sample"] for r in sampled]), window=window)
         out["per_sample"] = {**summarize_per_sample(jumps), "switch_steps": [j.jump_step for j in jumps]}
         out["iou_before"], out["iou_after"] = sampled[0]["iou"], sampled[-1]["iou"]
+        out["iou_no_prompt_before"] = sampled[0]["iou_no_prompt"]
         out["iou_no_prompt_after"] = sampled[-1]["iou_no_prompt"]
+        out["per_sample_iou_after"] = sampled[-1]["iou_per_sample"]
+        out["per_sample_iou_no_prompt_after"] = sampled[-1].get("iou_no_prompt_per_sample")
+        if "center_error_per_sample" in sampled[-1]:
+            out["placement"] = {"with_prompt": placement_summary(sampled[-1]["center_error_per_sample"],
+                                                                 sampled[-1]["radius_error_per_sample"]),
+                                "no_prompt": placement_summary(sampled[-1]["center_error_no_prompt_per_sample"],
+                                                               sampled[-1]["radius_error_no_prompt_per_sample"])}
         for k in ("circle_accuracy", "background_accuracy", "circle_accuracy_no_prompt",
                   "background_accuracy_no_prompt"):
             out[f"{k}_after"] = sampled[-1].get(k)
             out[f"{k}_before"] = sampled[0].get(k)
+        out["iou_after_curve"] = sampled[-1]["iou"]
+    if final is not None:
+        out.update({"final_probe_n": final["n"], "iou_after": final["iou"], "iou_no_prompt_after": final["iou_no_prompt"],
+                    "per_sample_iou_after": final["iou_per_sample"],
+                    "per_sample_iou_no_prompt_after": final["iou_no_prompt_per_sample"],
+                    "iou_no_prompt_guided_after": final["iou_no_prompt_guided"],
+                    "per_sample_iou_no_prompt_guided_after": final["iou_no_prompt_guided_per_sample"],
+                    "no_prompt_guided": {"mode": final["no_prompt_mode"], "guidance": final["no_prompt_guidance"]},
+                    "placement": {
+                        "with_prompt": placement_summary(final["center_error_per_sample"],
+                                                         final["radius_error_per_sample"]),
+                        "no_prompt": placement_summary(final["center_error_no_prompt_per_sample"],
+                                                       final["radius_error_no_prompt_per_sample"]),
+                        "no_prompt_guided": placement_summary(final["center_error_no_prompt_guided_per_sample"],
+                                                              final["radius_error_no_prompt_guided_per_sample"])}})
+        for k in ("circle_accuracy", "background_accuracy", "circle_accuracy_no_prompt",
+                  "background_accuracy_no_prompt"):
+            out[f"{k}_after"] = final.get(k)
     proxy = [r for r in run.log if "proxy_iou" in r]
     if len(proxy) >= 3:
         st = [r["step"] for r in proxy]
@@ -75,6 +132,19 @@ def summarize(run: ControlNetRun, window: float = 0.1) -> dict:
         jumps = per_sample_jumps(st, np.array([r["proxy_iou_per_sample"] for r in proxy]), window=window)
         out["per_sample_proxy"] = {**summarize_per_sample(jumps), "switch_steps": [j.jump_step for j in jumps]}
     return out
+
+
+def placement_summary(center: Sequence[float | None], radius: Sequence[float | None], tolerance: float = 1.0) -> dict:
+    """Median centre and |radius| errors (px) and the share within ``tolerance`` px, from logged
+    per-sample errors (``None``: no circle drawn, counted as not placed)."""
+    c = np.array([np.nan if v is None else v for v in center], float)
+    r = np.array([np.nan if v is None else v for v in radius], float)
+    ok = np.isfinite(c)
+    within = ok & (np.nan_to_num(c, nan=np.inf) <= tolerance) & (np.abs(np.nan_to_num(r, nan=np.inf)) <= tolerance)
+    return {"center_error_median": float(np.median(c[ok])) if ok.any() else None,
+            "radius_error_median": float(np.median(np.abs(r[ok]))) if ok.any() else None,
+            "within_1px": float(within.mean()), "no_circle": float((~ok).mean()),
+            "center_error_per_sample": list(center), "radius_error_per_sample": list(radius)}
 
 
 def plot_run(run: ControlNetRun, title: str = ""):
@@ -122,9 +192,11 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
     if run.interrupted:  # summary.json marks a finished run: never write it for half of one
         raise KeyboardInterrupt(f"interrupted after step {len(run.losses)}"
                                 + (f"; run the same command again to resume from {out}/state.pt" if out else ""))
+    final = final_evaluation(base, net, recipe, device) if recipe.final_probe_n else None
     summary = {"seed": seed, "variant": variant, "condition": recipe.condition, "lr": lr,
-               "lr_schedule": recipe.lr_schedule, "n_train": len(data), "drop_prompt": drop_prompt,
-               "parameters": parameter_counts(net), **summarize(run)}
+               "lr_schedule": recipe.lr_schedule, "batch_size": batch_size or recipe.batch_size,
+               "n_train": len(data), "drop_prompt": drop_prompt, "steps_asked": steps,
+               "parameters": parameter_counts(net), **summarize(run, final=final)}
     if out is not None:
         out = Path(out)
         save_checkpoint(net, out / "controlnet.pt", meta={"summary": summary})
@@ -163,9 +235,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                                     a.device, not a.no_progress, recipe=recipe, connector_std=a.connector_std)
     except KeyboardInterrupt as e:
         raise SystemExit(str(e) or "interrupted") from None
-    slim = {k: ({kk: vv for kk, vv in v.items() if kk != "switch_steps"} if k.startswith("per_sample") else v)
-            for k, v in summary.items()}
-    print(json.dumps(slim))
+    print(json.dumps(slim_summary(summary)))
+
+
+def slim_summary(summary: dict) -> dict:
+    """``summary`` without its long lists (per-sample values, switch steps): what the CLI prints."""
+    def slim(v):
+        if isinstance(v, dict):
+            return {k: slim(x) for k, x in v.items() if not (isinstance(x, list) and len(x) > 8)}
+        return v
+    return {k: slim(v) for k, v in summary.items() if not (isinstance(v, list) and len(v) > 8)}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""The shipped artefacts are what the book says they are (reads files only: no training)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnetlib.base import BASE_CHECKPOINT, BASE_RECIPE
+from cnetlib.experiments.runs import SEEDS, SHIPPED, SHIPPED_WEIGHTS
+from cnetlib.experiments.sudden_convergence import RECIPE
+
+
+def test_the_shipped_base_records_its_recipe_and_meets_its_prompted_targets():
+    meta = torch.load(BASE_CHECKPOINT, map_location="cpu", weights_only=False)["meta"]
+    assert meta["recipe"]["steps"] == BASE_RECIPE.steps and meta["recipe"]["stop_at"] == BASE_RECIPE.stop_at
+    assert meta["steps"] == BASE_RECIPE.stop_at == len(meta["losses"])
+    assert tuple(meta["recipe"]["channels"]) == BASE_RECIPE.channels
+    assert meta["disk_iou"] >= 0.95 and meta["circle_accuracy"] >= 0.95 and meta["background_accuracy"] >= 0.95
+    assert meta["n"] == 112 and "extended" in meta     # its history is recorded, not hidden
+
+
+@pytest.mark.parametrize("name", SHIPPED_WEIGHTS)
+def test_every_shipped_run_has_its_files(name):
+    folder = SHIPPED / name
+    for f in ("log.jsonl", "summary.json", "samples.npz", "controlnet.pt"):
+        assert (folder / f).is_file(), f"{folder / f} missing: regenerate with python -m cnetlib.experiments.runs {name}"
+    assert not (folder / "state.pt").exists()      # training state stays under runs/, never in data/
+
+
+@pytest.mark.parametrize("name", SEEDS)
+def test_the_shipped_seeds_meet_the_fidelity_targets(name):
+    s = json.loads((SHIPPED / name / "summary.json").read_text())
+    iou = np.asarray(s["per_sample_iou_after"])
+    assert s["steps"] == RECIPE.steps and len(iou) == RECIPE.final_probe_n
+    assert iou.mean() >= 0.90 and (iou >= 0.85).mean() >= 0.80
+    assert np.mean(s["per_sample_iou_no_prompt_guided_after"]) >= 0.80
+    assert s["no_prompt_guided"] == {"mode": RECIPE.no_prompt_mode, "guidance": RECIPE.no_prompt_guidance}
+    for key in ("with_prompt", "no_prompt", "no_prompt_guided"):
+        assert 0.0 <= s["placement"][key]["within_1px"] <= 1.0

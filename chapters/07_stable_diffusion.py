@@ -94,7 +94,7 @@ assert 355e6 < n_net < 365e6        # the public SD 1.5 ControlNets have 361 M p
 # tokenizer, UNet, scheduler.
 
 # %%
-from cnetlib.sd import SDParts, fill_zero_layers
+from cnetlib.sd import SD15_ID, SDParts, fill_zero_layers
 
 
 def hub_reachable() -> bool:
@@ -111,7 +111,7 @@ def hub_reachable() -> bool:
 
 REAL = torch.cuda.is_available() and not SMOKE and hub_reachable()
 if REAL:
-    parts = SDParts.from_pretrained("runwayml/stable-diffusion-v1-5", dtype=torch.float16, device="cuda",
+    parts = SDParts.from_pretrained(SD15_ID, dtype=torch.float16, device="cuda",
                                     scheduler="unipc")
     canny_net = SDControlNet.from_pretrained("lllyasviel/sd-controlnet-canny").to("cuda", torch.float16)
     size, steps = 512, 20

@@ -136,7 +136,7 @@ assert resumed["losses"] == straight["losses"] and same
 # python -m cnetlib.train_sd --preset tiny --steps 8 --output-dir runs/sd_tiny
 # python -m cnetlib.train_sd --preset tiny --steps 16 --output-dir runs/sd_tiny --resume
 # # SD 1.5, one or more GPUs:
-# accelerate launch -m cnetlib.train_sd --preset pretrained --model runwayml/stable-diffusion-v1-5 \
+# accelerate launch -m cnetlib.train_sd --preset pretrained --model stable-diffusion-v1-5/stable-diffusion-v1-5 \
 #     --resolution 512 --batch-size 4 --lr 1e-5 --mixed-precision fp16 --gradient-checkpointing \
 #     --steps 10000 --validate-every 500 --output-dir runs/sd15_fill50k
 # ```

@@ -38,7 +38,9 @@ from .unet import Connection
 # ----------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------
-#: Stable Diffusion 1.5's UNet (``runwayml/stable-diffusion-v1-5``, ``unet/config.json``).
+#: The hub id of Stable Diffusion 1.5 (``runwayml/...`` was removed from the hub in 2024): the one place it is named.
+SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: Stable Diffusion 1.5's UNet (``SD15_ID``, ``unet/config.json``).
 SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
     "flip_sin_to_cos": True, "freq_shift": 0,
@@ -535,7 +537,7 @@ class SDParts:
         return cls(vae, text_encoder, tokenizer, unet, make_scheduler(scheduler)).freeze()
 
     @classmethod
-    def from_pretrained(cls, model: str = "runwayml/stable-diffusion-v1-5", dtype: torch.dtype = torch.float32,
+    def from_pretrained(cls, model: str = SD15_ID, dtype: torch.dtype = torch.float32,
                         device: str = "cpu", scheduler: str = "ddim") -> "SDParts":
         """Real SD components from a hub id or a local folder in diffusers' layout."""
         from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -1,7 +1,7 @@
 """Training a ControlNet on Stable Diffusion, from one CPU to many GPUs (chapter 08).
 
     python -m cnetlib.train_sd --preset tiny --steps 20 --output-dir runs/sd_tiny
-    accelerate launch -m cnetlib.train_sd --model runwayml/stable-diffusion-v1-5 \\
+    accelerate launch -m cnetlib.train_sd --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --resolution 512 --batch-size 4 --mixed-precision fp16 --gradient-checkpointing --output-dir runs/sd15
 
 Built on 🤗 accelerate, so the same code runs on one device or on many processes and
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import FULL_PALETTE, LazyPairs
-from .sd import SDControlNet, SDParts, encode_prompts
+from .sd import SD15_ID, SDControlNet, SDParts, encode_prompts
 from .train import drop_prompts
 
 
@@ -41,7 +41,7 @@ class SDTrainConfig:
 
     output_dir: str = "runs/train_sd"
     preset: str = "tiny"                  # "tiny" (offline, random weights) or "pretrained"
-    model: str = "runwayml/stable-diffusion-v1-5"
+    model: str = SD15_ID
     controlnet: str | None = None         # start from a diffusers ControlNet folder instead of the UNet copy
     data: str | None = None               # the authors' Fill50K folder; default: generated pairs
     n_train: int = 50_000

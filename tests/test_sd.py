@@ -241,3 +241,16 @@ def test_benchmark_script_runs_on_the_tiny_preset(capsys):
     assert cost["controlnet"]["trainable_parameters"] < cost["finetune"]["trainable_parameters"]
     assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
     assert "ratio" in capsys.readouterr().out                     # it prints the side-by-side table
+
+
+def test_no_removed_hub_id_anywhere_in_the_repo():
+    from pathlib import Path
+
+    from cnetlib.sd import SD15_ID
+
+    root = Path(__file__).resolve().parent.parent
+    removed = "runwayml/" + "stable-diffusion-v1-5"
+    hits = [str(p.relative_to(root)) for sub in ("cnetlib", "chapters", "tests", "tools", "benchmarks")
+            for p in (root / sub).rglob("*") if p.suffix in {".py", ".ipynb", ".md"} and removed in p.read_text()]
+    hits += [n for n in ("README.md",) if removed in (root / n).read_text()]
+    assert hits == [] and SD15_ID == "stable-diffusion-v1-5/stable-diffusion-v1-5"

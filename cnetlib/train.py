@@ -59,6 +59,19 @@ def warmup_cosine(step: int, steps: int, warmup: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
 
 
+def load_resumable_state(state_path, settings: dict, remedy: str) -> dict:
+    """The training state saved at ``state_path``, if it was written with these ``settings``;
+    otherwise a ValueError naming each difference and ``remedy`` (nothing is changed)."""
+    from .checkpoint import config_diff
+
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    diff = config_diff(state.get("settings", {}), settings)
+    if diff:
+        raise ValueError(f"{state_path} was written by a run with other settings, so it cannot be resumed "
+                         f"(nothing was changed; {remedy}): " + "; ".join(diff))
+    return state
+
+
 def train_denoiser(
     model: nn.Module,
     data: Fill50k,
@@ -99,7 +112,7 @@ def train_denoiser(
     """
     from pathlib import Path
 
-    from .checkpoint import atomic_save, config_diff
+    from .checkpoint import atomic_save
 
     if steps < 1:
         raise ValueError(f"steps: expected at least 1, got {steps}")
@@ -123,11 +136,7 @@ def train_denoiser(
     out = Path(out_dir) if out_dir is not None else None
     state_path = out / "state.pt" if out else None
     if state_path is not None and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        diff = config_diff(state["settings"], settings)
-        if diff:
-            raise ValueError(f"{state_path} was written by a run with other settings, so it cannot be resumed "
-                             f"(nothing was changed; use another out_dir or delete it): " + "; ".join(diff))
+        state = load_resumable_state(state_path, settings, "use another out_dir or delete it")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -249,7 +258,7 @@ def train_controlnet(
     """
     from pathlib import Path
 
-    from .checkpoint import atomic_save, atomic_write_text, config_diff
+    from .checkpoint import atomic_save, atomic_write_text
     from .controlnet import ControlledUNet
 
     if steps < 1:
@@ -282,11 +291,7 @@ def train_controlnet(
     if out:
         out.mkdir(parents=True, exist_ok=True)
     if state_path is not None and resume and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        diff = config_diff(state.get("settings", {}), settings)
-        if diff:
-            raise ValueError(f"{state_path} was written by a run with other settings, so it cannot be resumed "
-                             f"(nothing was changed; use another out_dir or resume=False): " + "; ".join(diff))
+        state = load_resumable_state(state_path, settings, "use another out_dir or resume=False")
         controlnet.load_state_dict(state["controlnet"])
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])

@@ -13,8 +13,18 @@ OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 setup: $(STAMP)
 
 # uv installs the stack in about 2-3 minutes where pip takes over 10; pip is the fallback.
+# A .venv without a working pip (python3-venv missing the first time) is rebuilt, not reused.
 $(STAMP): requirements.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if ! $(PY) -m pip --version >/dev/null 2>&1; then \
+		rm -rf $(VENV); \
+		if ! $(PYTHON) -m venv $(VENV); then \
+			rm -rf $(VENV); \
+			echo "error: '$(PYTHON) -m venv $(VENV)' failed, so there is no environment to install into." >&2; \
+			echo "On Debian/Ubuntu install the venv module (as root: apt install python3-venv, or the" >&2; \
+			echo "python3.X-venv of your version), then run make again." >&2; \
+			exit 1; \
+		fi; \
+	fi
 	if $(PY) -m pip install -q uv; then \
 		$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt && \
 		$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e . ; \
@@ -36,8 +46,9 @@ book: $(STAMP) sync
 sync: $(STAMP)
 	$(VENV)/bin/jupytext --update --to ipynb $(CHAPTERS_PY)
 
+# As root (a container), Jupyter refuses to start without --allow-root.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab chapters
+	$(VENV)/bin/jupyter lab chapters $(if $(filter 0,$(shell id -u)),--allow-root)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

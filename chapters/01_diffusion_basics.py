@@ -34,16 +34,23 @@
 # (`CNETLIB_SMOKE=1`, what CI runs). On Colab or a laptop it is faster.
 
 # %%
-# On Colab: fetch the book and install cnetlib (does nothing anywhere else).
-import os
-import subprocess
+# On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
 import sys
 
-if "google.colab" in sys.modules and not os.path.isdir("controlnet-book"):
-    repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-    subprocess.run(["git", "clone", "--depth", "1", repo, "controlnet-book"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "controlnet-book"], check=True)
-    sys.path.insert(0, os.path.abspath("controlnet-book"))
+if "google.colab" in sys.modules:
+    import os
+    import subprocess
+
+    book = os.path.abspath("controlnet-book")
+    if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
+        subprocess.run(["rm", "-rf", book], check=True)
+        repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
+        subprocess.run(["git", "clone", "--depth", "1", repo, book], check=True)
+    if book not in sys.path:
+        sys.path.insert(0, book)
+    from cnetlib.colab import ensure_installed
+
+    ensure_installed(book, extras=())   # pip installs only what is not importable yet
 
 # %%
 import time

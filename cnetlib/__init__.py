@@ -18,7 +18,7 @@ Modules follow the paper (Zhang, Rao, Agrawala, ICCV 2023):
 * :mod:`cnetlib.experiments` — the command-line experiments of chapters 01 (base levers) and 04
 * :mod:`cnetlib.sd` — ControlNet on Stable Diffusion with diffusers (chapter 07)
 * :mod:`cnetlib.train_sd` — training it with accelerate, and what it costs (chapter 08)
-* :mod:`cnetlib.checkpoint`, :mod:`cnetlib.viz`, :mod:`cnetlib.runtime`, :mod:`cnetlib.checks` — plumbing
+* :mod:`cnetlib.checkpoint`, :mod:`cnetlib.viz`, :mod:`cnetlib.runtime`, :mod:`cnetlib.checks`, :mod:`cnetlib.colab` — plumbing
 
 Smoke mode (short CI runs of every chapter) is switched on by ``CNETLIB_SMOKE=1``.
 """

@@ -16,10 +16,36 @@ T = TypeVar("T")
 #: Name of the environment variable that switches smoke mode on ("1", "true", "yes").
 SMOKE_ENV = "CNETLIB_SMOKE"
 
-#: The repository root (the folder that holds ``cnetlib/``, ``data/`` and ``figures/``).
-ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = ROOT / "data"
+#: Name of the environment variable that moves what cnetlib writes (``runs/``, ``figures/``) elsewhere.
+HOME_ENV = "CNETLIB_HOME"
+
+
+def _is_source_tree(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "cnetlib").is_dir() and (folder / "data").is_dir()
+
+
+_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
+#: Is cnetlib running from a clone of the book (editable install, or the chapters' folder on sys.path)?
+SOURCE_TREE = _is_source_tree(_PACKAGE_PARENT)
+#: Where cnetlib writes ``runs/`` and ``figures/``: the clone's root; after a plain ``pip install``,
+#: ``$CNETLIB_HOME`` or ``~/.cache/cnetlib`` (never site-packages).
+ROOT = (Path(os.environ[HOME_ENV]).expanduser() if os.environ.get(HOME_ENV) else
+        _PACKAGE_PARENT if SOURCE_TREE else
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "cnetlib")
+#: The shipped data (base checkpoint, chapter 04's runs): ``data/`` of the clone, or the copy a
+#: pip install places in the package (``cnetlib/shipped/``); read, never written by the chapters.
+DATA_DIR = _PACKAGE_PARENT / "data" if SOURCE_TREE else Path(__file__).resolve().parent / "shipped"
 FIGURES_DIR = ROOT / "figures"
+
+
+def require_extra(feature: str, modules: tuple[str, ...], extra: str = "sd") -> None:
+    """Fail with the pip command to run when ``feature`` needs modules of an extra that is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ModuleNotFoundError(f"{feature} needs {', '.join(missing)}, which is not installed: "
+                                  f"pip install \"cnetlib[{extra}]\" (or pip install -r requirements.txt in the book)")
 
 
 def smoke_mode() -> bool:

@@ -33,13 +33,20 @@ import torch.nn as nn
 from .checks import check_images
 from .controlnet import ConditionEncoder, trainable_copy, zero_conv
 from .guidance import Control, check_mode, connection_weights, control_active
+from .runtime import require_extra
 from .unet import Connection
+
+require_extra("cnetlib.sd", ("diffusers", "transformers"))  # a clear pip command, not a raw ModuleNotFoundError later
 
 # ----------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------
 #: The hub id of Stable Diffusion 1.5 (``runwayml/...`` was removed from the hub in 2024): the one place it is named.
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: The authors' Canny ControlNet for SD 1.5 on the hub, in diffusers' layout (chapter 07).
+CANNY_CONTROLNET_ID = "lllyasviel/sd-controlnet-canny"
+#: The annotators' weights (HED, depth, pose...) that controlnet-aux loads from the hub.
+ANNOTATORS_ID = "lllyasviel/Annotators"
 #: Stable Diffusion 1.5's UNet (``SD15_ID``, ``unet/config.json``).
 SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
@@ -200,7 +207,11 @@ class SDControlNet(nn.Module):
         if isinstance(model, (str, os.PathLike)):
             from diffusers import ControlNetModel
 
-            model = ControlNetModel.from_pretrained(model)
+            try:
+                model = ControlNetModel.from_pretrained(model)
+            except (OSError, ValueError) as e:
+                raise OSError("could not load the ControlNet: "
+                              + load_failure(model, "a diffusers ControlNet", e, CONTROLNET_FILES)) from e
         keys = {k: model.config.get(k) for k in (*SHARED_KEYS, *UNSUPPORTED) if k in model.config}
         cfg = controlnet_config(keys, model.config["conditioning_channels"],
                                 model.config["conditioning_embedding_out_channels"])
@@ -549,10 +560,44 @@ class SDParts:
                         CLIPTokenizer.from_pretrained(model, subfolder="tokenizer"),
                         UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=dtype),
                         make_scheduler(scheduler, model))
-        except OSError as e:
-            raise OSError(f"could not load Stable Diffusion from {model!r} (offline, or not a diffusers folder): {e}. "
-                          "Use SDParts.tiny() to run everything offline.") from e
+        except (OSError, ValueError) as e:
+            raise OSError(f"could not load Stable Diffusion: {load_failure(model, 'a Stable Diffusion model', e)} "
+                          "(SDParts.tiny() builds an SD-shaped model with random weights, offline.)") from e
         return parts.to(device).freeze()
+
+
+#: What :meth:`SDParts.from_pretrained` reads from a model folder, and what a diffusers ControlNet folder holds.
+SD_SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+CONTROLNET_FILES = ("config.json",)
+
+
+def hub_offline() -> bool:
+    """Is the Hugging Face hub switched off (``HF_HUB_OFFLINE``) for this process?"""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_failure(model: str | os.PathLike, what: str, error: BaseException, expected: Sequence[str] = SD_SUBFOLDERS) -> str:
+    """Why loading ``model`` (a hub id or a folder) as ``what`` failed, and what to do: one cause, named
+    (a folder with parts missing, a folder that does not exist, the hub switched off, the hub refusing)."""
+    name = str(model)
+    path = Path(name).expanduser()
+    cause = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if path.is_dir():
+        missing = [p for p in expected if not (path / p).exists()]
+        if missing:
+            return (f"{name!r} is a folder but not {what} in diffusers' layout: it lacks {', '.join(missing)} "
+                    f"(expected {', '.join(expected)}). Point to the folder that holds them.")
+        return f"{name!r} has the layout of {what} but did not load ({cause}): the files may be incomplete or corrupt."
+    looks_like_id = re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name) is not None
+    if not looks_like_id:
+        return f"{name!r}: no such folder, and not a hub id (owner/name). Check the path."
+    if hub_offline():
+        return (f"{name!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it. "
+                f"On a machine with internet run `huggingface-cli download {name}` (then copy the cache, or pass "
+                f"the downloaded folder), or unset HF_HUB_OFFLINE.")
+    return (f"could not fetch {name!r} from the Hugging Face hub ({cause}). Check that the id is spelt right and "
+            f"still exists, log in with `huggingface-cli login` if the model is gated, or download it and pass "
+            f"the folder.")
 
 
 SCHEDULERS = ("ddim", "unipc", "pndm")
@@ -696,6 +741,22 @@ _AUX = {"hed": "HEDdetector", "midas": "MidasDetector", "openpose": "OpenposeDet
         "lineart": "LineartDetector", "normalbae": "NormalBaeDetector"}
 
 
+def _import_controlnet_aux():
+    """controlnet-aux, imported without the notices it and its dependencies print on import
+    (``torch.jit.script`` and ``timm.models.layers`` deprecations, timm registry overwrites, the
+    optional mediapipe it does not need for any annotator here):
+    they concern controlnet-aux's code, not the reader's. Only the import is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"Overwriting .* in registry", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"The module 'mediapipe' is not installed", category=UserWarning)
+        import controlnet_aux
+    return controlnet_aux
+
+
 def annotate(image, kind: str = "canny", **options):
     """A control image from a photo with controlnet-aux: ``"canny"`` works offline (OpenCV);
     the others need the ``lllyasviel/Annotators`` weights and fail with a clear message
@@ -704,21 +765,24 @@ def annotate(image, kind: str = "canny", **options):
 
     if kind not in ANNOTATORS:
         raise ValueError(f"annotator: expected one of {ANNOTATORS}, got {kind!r}")
+    require_extra(f"annotate({kind!r})", ("controlnet_aux",))
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)
+    if min(image.size) < 64:
+        raise ValueError(f"image: expected at least 64 px on each side (controlnet-aux resizes to multiples of 64), "
+                         f"got {image.size[0]}x{image.size[1]}")
+    controlnet_aux = _import_controlnet_aux()
     if kind == "canny":
-        from controlnet_aux import CannyDetector
+        CannyDetector = controlnet_aux.CannyDetector
 
         side = min(image.size)  # keep the input's size (controlnet-aux resizes to 512 by default)
         opts = {"low_threshold": 100, "high_threshold": 200, "detect_resolution": side, "image_resolution": side,
                 **options}
         return CannyDetector()(image, **opts)
-    import controlnet_aux
-
     try:
-        detector = getattr(controlnet_aux, _AUX[kind]).from_pretrained(options.pop("repo", "lllyasviel/Annotators"))
+        detector = getattr(controlnet_aux, _AUX[kind]).from_pretrained(options.pop("repo", ANNOTATORS_ID))
     except Exception as e:  # offline, or the hub is unreachable
-        raise RuntimeError(f"annotator {kind!r} needs the weights of 'lllyasviel/Annotators' from the Hugging Face "
+        raise RuntimeError(f"annotator {kind!r} needs the weights of {ANNOTATORS_ID!r} from the Hugging Face "
                            f"Hub, which could not be loaded ({type(e).__name__}: {str(e)[:200]}). Connect to the "
                            "internet or pre-download them; 'canny' works offline.") from e
     return detector(image, **options)

@@ -360,7 +360,7 @@ def train_controlnet(
     finally:
         bar.close()
         save_state()
-    run.seconds = time.perf_counter() - start
+    run.seconds = elapsed + time.perf_counter() - start  # the whole run's wall time, across resumes
     model.eval()
     controlnet.cpu()
     return run

@@ -1,7 +1,7 @@
 """Training a ControlNet on Stable Diffusion, from one CPU to many GPUs (chapter 08).
 
     python -m cnetlib.train_sd --preset tiny --steps 20 --output-dir runs/sd_tiny
-    accelerate launch -m cnetlib.train_sd --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+    accelerate launch -m cnetlib.train_sd --preset pretrained --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --resolution 512 --batch-size 4 --mixed-precision fp16 --gradient-checkpointing --output-dir runs/sd15
 
 Built on 🤗 accelerate, so the same code runs on one device or on many processes and
@@ -31,8 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from .data import FULL_PALETTE, LazyPairs
+from .runtime import require_extra
 from .sd import SD15_ID, SDControlNet, SDParts, encode_prompts
 from .train import drop_prompts
+
+require_extra("cnetlib.train_sd", ("accelerate",))  # a clear pip command, not a raw ModuleNotFoundError later
 
 
 @dataclass
@@ -41,7 +44,7 @@ class SDTrainConfig:
 
     output_dir: str = "runs/train_sd"
     preset: str = "tiny"                  # "tiny" (offline, random weights) or "pretrained"
-    model: str = SD15_ID
+    model: str | None = None              # with preset "pretrained": a hub id or folder (default SD15_ID)
     controlnet: str | None = None         # start from a diffusers ControlNet folder instead of the UNet copy
     data: str | None = None               # the authors' Fill50K folder; default: generated pairs
     n_train: int = 50_000
@@ -66,11 +69,19 @@ class SDTrainConfig:
 
 
 def load_parts(cfg: SDTrainConfig) -> SDParts:
+    """The frozen SD components of a run: the tiny random preset, or the weights ``cfg.model`` names.
+
+    Naming a model with the tiny preset is an error, never a silent tiny run; a model that
+    does not load is an error that says why (:func:`cnetlib.sd.load_failure`).
+    """
+    if cfg.preset not in ("tiny", "pretrained"):
+        raise ValueError(f"preset: expected 'tiny' or 'pretrained', got {cfg.preset!r}")
     if cfg.preset == "tiny":
+        if cfg.model is not None:
+            raise ValueError(f"model: {cfg.model!r} names weights to train on, but preset 'tiny' trains SD-shaped "
+                             "random weights; pass --preset pretrained to use the model, or drop --model for a tiny run")
         return SDParts.tiny(cfg.seed)
-    if cfg.preset == "pretrained":
-        return SDParts.from_pretrained(cfg.model)
-    raise ValueError(f"preset: expected 'tiny' or 'pretrained', got {cfg.preset!r}")
+    return SDParts.from_pretrained(cfg.model or SD15_ID)
 
 
 def make_dataset(cfg: SDTrainConfig) -> LazyPairs:

@@ -32,6 +32,24 @@ def test_chapter_starts_with_colab_cell_and_reads_smoke_mode(py):
     assert any("smoke_mode()" in c for c in code[:3]), "the chapter must read smoke mode from cnetlib"
 
 
+MACHINE_TRACES = ("/work/", "/home/", "/root/", "/tmp/", "/Users/", "C:\\", "site-packages", "dist-packages")
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_committed_outputs_hold_no_machine_paths_or_warnings(py):
+    import json
+
+    nb = json.loads(py.with_suffix(".ipynb").read_text())
+    found = []
+    for k, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            found += [f"cell {k}: {t!r}" for t in MACHINE_TRACES if t in text]
+            if out.get("name") == "stderr" and "Warning" in text:
+                found.append(f"cell {k}: a warning on stderr: {text.strip().splitlines()[0][:120]!r}")
+    assert not found, f"{py.with_suffix('.ipynb').name}: committed outputs show " + "; ".join(found)
+
+
 def test_smoke_mode_and_pick(monkeypatch, tmp_path):
     monkeypatch.setenv("CNETLIB_SMOKE", "1")
     assert runtime.smoke_mode() and runtime.pick(100, 3) == 3

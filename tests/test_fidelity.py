@@ -89,3 +89,22 @@ def test_plot_arms_draws_each_arms_seed_mean(tmp_path):
     assert [l.get_label() for l in lines] == ["zero (3 seeds)", "lite (3 seeds)"]
     assert lines[0].get_ydata().tolist() == pytest.approx([0.6, 0.7, 0.8])   # mean of the seeds at each step
     assert lines[1].get_ydata().tolist() == pytest.approx([0.4, 0.5, 0.6])
+    import matplotlib.pyplot as plt
+
+    fig2, (left, right) = plt.subplots(1, 2)
+    assert plot_arms({"zero": [run(0.0)]}, "iou", ax=right) is fig2        # draws on the axes it is given
+    assert len(right.get_lines()) == 1 and len(left.get_lines()) == 0
+
+
+def test_per_sample_at_reads_one_logged_evaluation(tmp_path):
+    from cnetlib.experiments.runs import Run, per_sample_at
+
+    log = [{"step": s, "iou_per_sample": [s / 100, s / 100 + 0.5]} for s in (0, 100, 200)]
+    log.insert(1, {"step": 25, "proxy_iou_per_sample": [0.1, 0.2]})        # rows without the key are skipped
+    run = Run("r", tmp_path, log, {})
+    assert per_sample_at(run, 100).tolist() == [1.0, 1.5]
+    assert per_sample_at(run, 25, "proxy_iou").tolist() == [0.1, 0.2]
+    with pytest.raises(ValueError, match="got 50"):
+        per_sample_at(run, 50)
+    with pytest.raises(KeyError, match="got 'loss'"):
+        per_sample_at(run, 100, "loss")

@@ -184,6 +184,19 @@ def test_annotators_canny_offline_and_a_clear_error_for_the_others():
         annotate(img, "hed")
     with pytest.raises(ValueError, match="annotator: expected one of"):
         annotate(img, "sketchify")
+    with pytest.raises(ValueError, match="image: expected at least 64 px on each side.*got 32x48"):
+        annotate(np.zeros((48, 32, 3), np.uint8), "canny")
+
+
+def test_the_first_annotation_prints_no_third_party_warnings():
+    """controlnet-aux's import prints deprecations of torch and timm; a reader's notebook must not show them."""
+    import subprocess
+    import sys
+
+    code = "import numpy as np; from cnetlib.sd import annotate; annotate(np.zeros((64, 64, 3), np.uint8))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Warning" not in done.stderr, done.stderr[-2000:]
 
 
 def test_bad_input_names_what_was_expected(tiny):
@@ -254,3 +267,45 @@ def test_no_removed_hub_id_anywhere_in_the_repo():
             for p in (root / sub).rglob("*") if p.suffix in {".py", ".ipynb", ".md"} and removed in p.read_text()]
     hits += [n for n in ("README.md",) if removed in (root / n).read_text()]
     assert hits == [] and SD15_ID == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def test_a_model_that_does_not_load_names_its_one_cause(tmp_path, monkeypatch):
+    from cnetlib.sd import load_failure
+
+    err = OSError("raw diffusers message")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "unet").mkdir()
+    msg = load_failure(tmp_path / "half", "a Stable Diffusion model", err)
+    assert "is a folder but not a Stable Diffusion model" in msg and "lacks vae, text_encoder, tokenizer, scheduler" in msg
+    assert "no such folder" in load_failure(tmp_path / "nothing" / "here", "a Stable Diffusion model", err)
+    assert "HF_HUB_OFFLINE=1" in load_failure("someone/some-model", "a Stable Diffusion model", err)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    msg = load_failure("someone/some-model", "a Stable Diffusion model", err)
+    assert "could not fetch 'someone/some-model'" in msg and "OSError: raw diffusers message" in msg
+    assert "HF_HUB_OFFLINE" not in msg
+
+
+def test_from_pretrained_errors_say_why(tmp_path):
+    from cnetlib.sd import SDControlNet, SDParts
+
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(OSError, match="lacks text_encoder, tokenizer, unet, scheduler"):
+        SDParts.from_pretrained(str(tmp_path))
+    with pytest.raises(OSError, match="could not load the ControlNet: .*lacks config.json"):
+        SDControlNet.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="not in the local Hugging Face cache"):
+        SDControlNet.from_pretrained("nobody-here/no-such-controlnet")
+
+
+def test_train_sd_never_swaps_a_named_model_for_the_tiny_one(tmp_path):
+    from cnetlib.train_sd import SDTrainConfig, load_parts, main
+
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="preset 'tiny' trains SD-shaped random weights; pass --preset pretrained"):
+        main(["--model", str(tmp_path / "my-sd"), "--output-dir", str(out), "--steps", "1", "--no-progress"])
+    with pytest.raises(OSError, match="no such folder"):
+        main(["--preset", "pretrained", "--model", str(tmp_path / "my" / "sd"), "--output-dir", str(out),
+              "--steps", "1", "--no-progress"])
+    assert not (out / "controlnet").exists() and not (out / "log.jsonl").exists()   # nothing trained, nothing written
+    with pytest.raises(ValueError, match="preset: expected 'tiny' or 'pretrained', got 'small'"):
+        load_parts(SDTrainConfig(preset="small"))

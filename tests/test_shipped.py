@@ -37,3 +37,18 @@ def test_the_shipped_seeds_meet_the_fidelity_targets(name):
     assert s["no_prompt_guided"] == {"mode": RECIPE.no_prompt_mode, "guidance": RECIPE.no_prompt_guidance}
     for key in ("with_prompt", "no_prompt", "no_prompt_guided"):
         assert 0.0 <= s["placement"][key]["within_1px"] <= 1.0
+
+
+def test_shipped_ablation_runs_are_whole_arms_of_the_recipe_with_one_change():
+    from cnetlib.experiments.runs import ARMS, RUNS, arm_runs
+
+    shipped = [arm for arm in ARMS if arm != "seed" and any((SHIPPED / n).is_dir() for n in arm_runs(arm))]
+    for arm in shipped:
+        for name in arm_runs(arm):     # an arm ships all its seeds or none: chapter 04 shows whole arms
+            folder = SHIPPED / name
+            assert (folder / "summary.json").is_file(), f"{name}: python -m cnetlib.experiments.runs {name}"
+            assert not (folder / "state.pt").exists() and not (folder / "controlnet.pt").exists()   # logs only
+            s = json.loads((folder / "summary.json").read_text())
+            expected = {"variant": "zero", "drop_prompt": RECIPE.drop_prompt, "n_train": RECIPE.n_train,
+                        "lr": RECIPE.lr, "batch_size": RECIPE.batch_size, "steps": RECIPE.steps, **RUNS[name]}
+            assert {k: s[k] for k in expected} == expected, name

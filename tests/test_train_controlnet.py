@@ -1,5 +1,6 @@
 """Training a ControlNet: resumable to bitwise-identical weights, logged, and measured."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -42,6 +43,18 @@ def test_resume_after_interrupt_gives_bitwise_identical_weights(tmp_path, schedu
     assert second.losses == straight.losses
     for (k, a), b in zip(straight.controlnet.state_dict().items(), second.controlnet.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_a_resumed_run_reports_the_wall_time_of_the_whole_run(tmp_path):
+    """Resuming a finished run (or one stopped after its last step) must not report the seconds of the resume alone."""
+    probe = FidelityProbe(n=2, size=16, steps=2, seed=2)
+    base, net = fresh()
+    first = train_controlnet(base, net, DATA, steps=4, probe=probe, eval_every=2, out_dir=tmp_path,
+                             on_step=lambda *_: time.sleep(0.1), **KW)   # at least 0.4 s of training
+    base, net = fresh()
+    again = train_controlnet(base, net, DATA, steps=4, probe=probe, eval_every=2, out_dir=tmp_path, **KW)
+    assert again.resumed_from == 4
+    assert again.seconds >= first.log[-1]["seconds"] >= 0.4
 
 
 def test_only_the_controlnet_trains_and_the_log_is_written(tmp_path):

@@ -170,12 +170,12 @@ def plot_curves(runs: list[Run], key: str = "iou", labels: list[str] | None = No
     return fig
 
 
-def plot_arms(arms: dict[str, list[Run]], key: str = "iou", title: str = "", ylabel: str | None = None):
+def plot_arms(arms: dict[str, list[Run]], key: str = "iou", title: str = "", ylabel: str | None = None, ax=None):
     """One logged quantity against the step for each arm: the mean over its training seeds,
-    with the band between the lowest and the highest seed."""
+    with the band between the lowest and the highest seed (on ``ax`` when given; chapter 04)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6)) if ax is None else (ax.figure, ax)
     for k, (arm, runs) in enumerate(arms.items()):
         curves = [r.curve(key) for r in runs]
         n = min(len(c[0]) for c in curves)
@@ -232,6 +232,19 @@ def per_sample_after(run: Run, key: str) -> np.ndarray:
         r = np.array([np.inf if v is None else v for v in pl["radius_error_per_sample"]], float)
         return ((c <= 1.0) & (np.abs(r) <= 1.0)).astype(float)
     raise KeyError(f"key: expected iou, iou_no_prompt, within_1px or within_1px_no_prompt, got {key!r}")
+
+
+def per_sample_at(run: Run, step: int, key: str = "iou") -> np.ndarray:
+    """A per-sample figure of the probe at one logged evaluation of ``run`` (chapter 04, section 7):
+    ``key`` is ``"iou"``, ``"iou_no_prompt"`` or ``"proxy_iou"``; ``step`` must be a step the run logged it at."""
+    steps, values = run.per_sample(f"{key}_per_sample")
+    if not len(steps):
+        raise KeyError(f"key: expected a per-sample quantity of the log (iou, iou_no_prompt, proxy_iou), got {key!r}")
+    hit = np.flatnonzero(steps == step)
+    if not len(hit):
+        raise ValueError(f"step: expected one of the steps {run.name} logged {key} at "
+                         f"({steps[0]}, {steps[1] if len(steps) > 1 else ''}… {steps[-1]}), got {step}")
+    return values[hit[0]]
 
 
 def arm_interval(runs: list[Run], key: str = "iou"):

@@ -8,7 +8,7 @@ CHAPTERS_PY := $(sort $(wildcard chapters/[0-9]*.py))
 CHAPTERS := $(CHAPTERS_PY:.py=.ipynb)
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup test book lab sync clean
+.PHONY: setup test test-browser book lab sync clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,13 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(OFFLINE) CNETLIB_SMOKE=1 $(PY) -m pytest -p no:cacheprovider tests $(CHAPTERS) \
 		--nbval-lax --nbval-current-env --durations=10
+
+# Every chapter with widgets, run in JupyterLab in the system Chromium, each widget moved
+# (not part of `make test`; needs Debian's chromium: apt install chromium). Installs the
+# playwright package into .venv when missing; never `playwright install`.
+test-browser: $(STAMP)
+	$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q playwright
+	$(PY) tools/browser_check.py
 
 # Execute every chapter in full mode, in place: outputs in the .ipynb, figures in figures/.
 book: $(STAMP) sync

@@ -159,7 +159,7 @@ for t in (0, 250, 500, 999):
     plt.show()
 
 # %%
-t_slider = widgets.IntSlider(value=500, min=0, max=999, step=10, description="t")
+t_slider = widgets.IntSlider(value=500, min=0, max=999, step=10, description="t", continuous_update=False)
 sched_pick = widgets.ToggleButtons(options=[("linear (SD)", "linear"), ("cosine", "cosine")], description="schedule")
 
 
@@ -582,7 +582,8 @@ from cnetlib.base import sample_grid
 fig = sample_grid(base, prompts[:6], guidance=DEFAULT_GUIDANCE, steps=pick(25, 10))
 plt.show()
 
-beta_slider = widgets.FloatSlider(value=DEFAULT_GUIDANCE, min=0.0, max=8.0, step=0.5, description="β")
+beta_slider = widgets.FloatSlider(value=DEFAULT_GUIDANCE, min=0.0, max=8.0, step=0.5, description="β",
+                                  continuous_update=False)
 seed_box = widgets.IntText(value=0, description="seed")
 
 

@@ -240,7 +240,8 @@ assert numbers["gaussian_circle_accuracy"] < numbers["base_circle_accuracy"]
 # nothing (std 0: the zero convolution) to images the base would never draw.
 
 # %%
-std_slider = widgets.FloatLogSlider(value=0.1, base=10, min=-3, max=0.5, step=0.25, description="std")
+std_slider = widgets.FloatLogSlider(value=0.1, base=10, min=-3, max=0.5, step=0.25, description="std",
+                                    continuous_update=False)
 
 
 def show_damage(std: float) -> None:

@@ -26,11 +26,12 @@
 #    the IoU of the drawn circle with the outline's disk;
 # 3. detect the jump with a documented definition, for every run, and for every sample;
 # 4. measure placement beside IoU (how far the drawn disk's centre and radius are from
-#    the outline's), and every figure with a 95 % interval over seeds and outlines;
+#    the outline's), and give every number in a table a 95 % interval over seeds and outlines;
 # 5. say which of the paper's claims hold at this scale, with the numbers.
 #
-# Section 7 runs two of the paper's ablations the same way, Gaussian connectors and
-# prompt dropping, with 3 seeds each.
+# Section 7 measures, the same way and with 3 seeds each, the paper's ablations of the
+# architecture (Gaussian connectors, ControlNet-lite: §4.2) and one of its training
+# choices (50 % of the prompts dropped, §3.3).
 #
 # **Time on a 2-core CPU:** by default the chapter reads the shipped runs from
 # `data/sudden_convergence/` and only trains a few live steps: a few minutes. With
@@ -376,7 +377,7 @@ plt.show()
 
 # %%
 step_slider = widgets.SelectionSlider(options=run0.sample_steps(), value=run0.sample_steps()[len(run0.sample_steps()) // 2],
-                                      description="step")
+                                      description="step", continuous_update=False)
 
 
 def show_step(step: int) -> None:
@@ -432,11 +433,19 @@ assert gain.supported
 # ones, and the trainable copy by one convolution per block (ControlNet-lite); its
 # training section (§3.3) drops 50 % of the prompts so that the ControlNet learns to
 # read the condition without them. `cnetlib.experiments.runs.ARMS` defines each arm as
-# one change to the recipe above; every arm is trained with the same 3 seeds
-# (`python -m cnetlib.experiments.runs gaussian drop0`: 6 runs of the length printed in
-# section 3, one after the other), and `cnetlib.stats.compare` calls "A > B" supported
+# one change to the recipe above: `gaussian` (Gaussian connectors), `lite` (ControlNet-lite),
+# `drop0` (no prompt dropped, 0 % instead of 50 %) and `n1000` (1,000 training pairs
+# instead of 50,000); `zero (paper)` is the three runs of the sections above. Every arm
+# is trained with the same 3 seeds (`python -m cnetlib.experiments.runs gaussian lite drop0`:
+# 9 runs of about the length printed in section 3, one after the other); the cell lists the
+# arms this edition has not trained. `cnetlib.stats.compare` calls "A > B" supported
 # only when the 95 % interval of the difference (training seeds, then outlines,
 # resampled) lies above 0.
+#
+# The table's columns: IoU before training, at step 100 and at the end, with the prompt;
+# the share of disks placed within 1 px; IoU with the empty prompt at β = 1 and with
+# `cond_only` at β = 3 (section 6); the jump step and sharpness of each seed (section 4).
+# The figure's band spans the lowest to the highest seed, not an interval.
 
 # %%
 from cnetlib.experiments.runs import arm_table, per_sample_at, plot_arms
@@ -448,9 +457,9 @@ print(f"measured arms: {', '.join(arms)}; not measured in this edition: "
 rows = arm_table(arms, keys=("iou", "within_1px", "iou_no_prompt"))
 for row, runs in zip(rows, arms.values()):
     row["iou_step_100"] = bootstrap_ci([per_sample_at(r, 100) for r in runs])
-    row["guided_no_prompt"] = bootstrap_ci([r.summary["per_sample_iou_no_prompt_guided_after"] for r in runs])
+    row["no_prompt_cond_only"] = bootstrap_ci([r.summary["per_sample_iou_no_prompt_guided_after"] for r in runs])
 print_table(rows, ["arm", "seeds", "iou_before", "iou_step_100", "iou", "within_1px", "iou_no_prompt",
-                   "guided_no_prompt", "jump_steps", "sharpness"])
+                   "no_prompt_cond_only", "jump_steps", "sharpness"])
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 for ax, key, label in zip(axes, ("iou", "iou_no_prompt"), ("with the prompt", "no prompt, β 1")):
     plot_arms(arms, key, label, ylabel="IoU with the condition's disk", ax=ax)
@@ -474,12 +483,14 @@ if "gaussian" in arms:
                                                          arm_values("gaussian", "iou", 100))
 if "lite" in arms:
     claims["zero > lite, final IoU"] = compare(arm_values("zero (paper)", "iou"), arm_values("lite", "iou"))
+    claims[f"zero > lite, no prompt {RECIPE.no_prompt_mode}"] = compare(
+        [np.asarray(r.summary["per_sample_iou_no_prompt_guided_after"]) for r in arms["zero (paper)"]],
+        [np.asarray(r.summary["per_sample_iou_no_prompt_guided_after"]) for r in arms["lite"]])
+    if "gaussian" in arms:   # the paper: Gaussian connectors fall to the level of lite
+        claims["gaussian > lite, final IoU"] = compare(arm_values("gaussian", "iou"), arm_values("lite", "iou"))
 if "drop0" in arms:
     claims["50 % dropped > 0 %, no prompt β 1"] = compare(arm_values("zero (paper)", "iou_no_prompt"),
                                                          arm_values("drop0", "iou_no_prompt"))
-    claims[f"50 % dropped > 0 %, no prompt {RECIPE.no_prompt_mode}"] = compare(
-        [np.asarray(r.summary["per_sample_iou_no_prompt_guided_after"]) for r in arms["zero (paper)"]],
-        [np.asarray(r.summary["per_sample_iou_no_prompt_guided_after"]) for r in arms["drop0"]])
     claims["50 % dropped > 0 %, IoU with the prompt"] = compare(arm_values("zero (paper)", "iou"),
                                                                arm_values("drop0", "iou"))
     # the other way round: does keeping every prompt help?
@@ -498,49 +509,70 @@ if "gaussian" in arms:
     assert claims["zero > gaussian, IoU at step 0"].difference.value > 0     # lower at the start, not supported
 if "drop0" in arms:
     assert not claims["50 % dropped > 0 %, no prompt β 1"].supported
-    assert not claims[f"50 % dropped > 0 %, no prompt {RECIPE.no_prompt_mode}"].supported
     assert claims[f"0 % dropped > 50 %, no prompt {RECIPE.no_prompt_mode}"].supported
-    assert claims[f"0 % dropped > 50 %, no prompt {RECIPE.no_prompt_mode}"].difference.low < 0.02   # only just
     assert claims["0 % dropped > 50 %, IoU at step 300"].difference.low > 0.1
-    assert all(r.summary["jump"]["jump_step"] <= min(s.summary["jump"]["jump_step"] for s in seeds)
-               for r in arms["drop0"])
 if not TRAIN:   # the numbers the prose quotes, from the shipped runs
     said = {"zero > gaussian, final IoU": "0.92 vs 0.92", "zero > gaussian, IoU at step 0": "0.46 vs 0.43: difference 0.03 [-0.03, 0.09]",
             "zero > gaussian, IoU at step 100": "0.46 vs 0.47", "50 % dropped > 0 %, IoU with the prompt": "0.92 vs 0.93",
             "50 % dropped > 0 %, no prompt β 1": "0.78 vs 0.83", f"0 % dropped > 50 %, no prompt {RECIPE.no_prompt_mode}": "0.93 vs 0.88",
             "0 % dropped > 50 %, IoU at step 300": "0.84 vs 0.55: difference 0.29 [0.12, 0.42]"}
     assert all(str(claims[k]).startswith(v) for k, v in said.items()), {k: str(claims[k]) for k in said}
-    assert [[r.summary["jump"]["jump_step"] for r in arms[a]] for a in ("zero (paper)", "gaussian", "drop0")] == \
-        [[300, 500, 400], [400, 200, 500], [200, 200, 200]]
+    borderline = claims[f"0 % dropped > 50 %, no prompt {RECIPE.no_prompt_mode}"].difference.low
+    print(f"lower end of the 0 % > 50 % cond_only interval: {borderline:.3f}")
+    assert f"{borderline:.3f}" == "0.005"                                         # supported, only just
+    assert [[r.summary["jump"]["jump_step"] for r in arms[a]] for a in ("zero (paper)", "gaussian", "drop0", "lite")] == \
+        [[300, 500, 400], [400, 200, 500], [200, 200, 200], [900, 600, 500]]
+    said_lite = {"zero > lite, final IoU": "0.92 vs 0.81: difference 0.11 [0.05, 0.22] (supported)",
+                 f"zero > lite, no prompt {RECIPE.no_prompt_mode}": "0.88 vs 0.85: difference 0.03 [-0.04, 0.11] (not",
+                 "gaussian > lite, final IoU": "0.92 vs 0.81: difference 0.11 [0.05, 0.22] (supported)"}
+    assert all(str(claims[k]).startswith(v) for k, v in said_lite.items()), {k: str(claims[k]) for k in said_lite}
+    lite_within = [r.summary["placement"]["with_prompt"]["within_1px"] for r in arms["lite"]]
+    assert [f"{w:.0%}" for w in lite_within] == ["27%", "77%", "83%"]
+    assert [r.summary["parameters"]["trainable"] for r in (seeds[0], arms["lite"][0])] == [490152, 117704]
+    assert [f"{f(r.summary['iou_after'] for r in arms['lite']):.2f}" for f in (min, max)] == ["0.69", "0.87"]
     assert all(r.summary["placement"]["with_prompt"]["within_1px"] == 1 for a in ("zero (paper)", "gaussian") for r in arms[a])
 
 # %% [markdown]
 # **Gaussian connectors.** The paper's §4.2 reports that Gaussian-initialised connectors
 # drop the quality to the level of ControlNet-lite. At this scale we cannot see it. At
-# step 0 the random connectors already perturb the frozen base (IoU 0.43 against 0.46
-# with zero connectors; the interval of that difference, −0.03 to 0.09, includes 0),
+# step 0 random connectors change the frozen base's output by construction, but the IoU
+# is only slightly lower (0.43 against 0.46 with zero connectors; the interval of that
+# difference, −0.03 to 0.09, includes 0),
 # by step 100 the two arms are level (0.47 and 0.46), and they end equal: IoU 0.92 against
 # 0.92, every disk within 1 px in both, the same no-prompt figures within their intervals.
 # The jump steps (400/200/500 against 300/500/400) overlap. Two caveats keep this from
 # contradicting the paper: the toy's trainable copy is 0.5 M parameters, a copy of a
-# base trained on nothing but circles, not of SD's pretrained encoder, whose features a
-# noisy start can damage; and our Gaussian connectors use the scale of a standard
+# base trained on nothing but circles, not of SD's pretrained encoder (whose features a
+# noisy start could damage more: a likely explanation, not one we tested); and our Gaussian connectors use the scale of a standard
 # initialisation (standard deviation 1/√fan-in), one choice among many the paper does
 # not specify. Also, the three Gaussian runs share **one** draw of the connectors (they are
 # seeded by connector index; the training seed changes the condition encoder and the
 # data order), so this arm has three training seeds but one connector initialisation.
+#
+# **ControlNet-lite.** Replacing the trainable copy by one convolution per block (117,704
+# trainable parameters instead of 490,152) is the one change the toy clearly punishes:
+# final IoU 0.81 against 0.92 (difference 0.11, interval 0.05–0.22, supported), with
+# 27 %, 77 % and 83 % of the disks within 1 px on its three seeds against 100 % for
+# the copy, and jumps at steps 900, 600 and 500. Its seeds also disagree far more
+# (0.69 to 0.87 final IoU), so the copy buys reliability as well as quality. Without a
+# prompt, guided by `cond_only`, lite's deficit (0.85 against 0.88) is not supported.
+# The paper's §4.2 ranks Gaussian connectors with lite; here Gaussian connectors beat
+# lite by the same 0.11 (interval 0.05–0.22, supported) and match the zero
+# connectors: on the toy the copy matters, its initialisation does not.
 #
 # **Prompt dropping.** The paper (§3.3) drops 50 % of the prompts so that the ControlNet
 # learns to read the condition on its own; the public tutorial and diffusers' training
 # script default to 0 %. On the toy, 0 % does not hurt: with the prompt the arms end
 # equal (0.93 against 0.92), and with no prompt the 0 % arm is, if anything, better
 # (β 1: 0.83 against 0.78, not supported either way; `cond_only` β 3: 0.93 against 0.88,
-# supported, but only just: the interval's lower end sits at 0). It also learns
+# supported, but only just: the interval's lower end is 0.005, printed as 0.00, and a
+# resampling with other random draws could put it on either side of 0, so read it as
+# borderline). It also learns
 # sooner: every 0 % seed jumps at step 200, and at step 300 its IoU is ahead by 0.29
 # (interval 0.12–0.42). So the paper's reason for dropping prompts is not supported
 # here. Our reading, not tested: Fill50k's prompts name only colours, never where the
 # circle is, so the ControlNet must read the outline for geometry whatever the prompt
-# says; and the half of the batches with an empty prompt ask it to fix the base's
+# says; and the half of the samples with an empty prompt ask it to fix the base's
 # weaker unconditional colours, which the outline cannot tell it. On SD, where a prompt
 # can describe the very shapes the edge map draws, the paper's argument has more to bite
 # on. The assertions at the end of the cell above check each of these statements.
@@ -590,8 +622,9 @@ if not TRAIN:   # the numbers the prose quotes, from the shipped runs
 #   at different times; the loss sees the jump too.
 # * With the empty prompt the ControlNet follows the outline less well at β = 1 than
 #   with guidance on the control alone: chapter 05 compares the ways to guide.
-# * Two of the paper's recipe choices make no difference we can detect at this scale:
-#   Gaussian connectors end where zero connectors do, and training with every prompt
-#   (0 % dropped) learns sooner and follows the outline without a prompt at least as
-#   well as the paper's 50 %. `cnetlib.experiments.runs` names each arm and
+# * The trainable copy matters: ControlNet-lite ends lower (IoU 0.81 against 0.92) and
+#   less reliably. Neither other choice measured in section 7 helps at this scale: Gaussian connectors
+#   end where zero connectors do (no difference we can detect), and training with every
+#   prompt (0 % dropped) is if anything better: it learns sooner (supported) and follows
+#   the outline without a prompt at least as well as the paper's 50 %. `cnetlib.experiments.runs` names each arm and
 #   `cnetlib.stats.compare` says which differences the seeds support.

@@ -341,10 +341,12 @@ from cnetlib.fidelity import guidance_view
 k = 6
 prompt_pick = widgets.Dropdown(options=list(PROMPT_SETTINGS), value="no prompt", description="prompt")
 mode_pick = widgets.Dropdown(options=modes, value=best_no_prompt, description="mode")
-beta = widgets.FloatSlider(value=3.0, min=1.0, max=9.0, step=0.5, description="β")
-scale = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="cond. scale")
-mw = widgets.FloatLogSlider(value=1.0, base=2, min=-1, max=3, step=1, description="max_weight")
-window = widgets.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="control on")
+beta = widgets.FloatSlider(value=3.0, min=1.0, max=9.0, step=0.5, description="β", continuous_update=False)
+scale = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="cond. scale", continuous_update=False)
+mw = widgets.FloatLogSlider(value=1.0, base=2, min=-1, max=3, step=1, description="max_weight",
+                            continuous_update=False)
+window = widgets.FloatRangeSlider(value=(0.0, 1.0), min=0.0, max=1.0, step=0.05, description="control on",
+                                  continuous_update=False)
 
 
 def show(prompt: str, mode: str, beta: float, scale: float, mw: float, window: tuple) -> None:

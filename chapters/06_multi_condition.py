@@ -291,8 +291,9 @@ if not SMOKE:   # neither condition is met as well as when they agree
 # %%
 from cnetlib.fidelity import guidance_view
 
-s_outline = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="outline")
-s_colour = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="colour hint")
+s_outline = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="outline", continuous_update=False)
+s_colour = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="colour hint",
+                               continuous_update=False)
 which = widgets.ToggleButtons(options=["matching hint", "conflicting hint"], description="hint")
 
 

@@ -168,9 +168,11 @@ with torch.no_grad():
     d_ours, m_ours = canny_net(x, torch.tensor(500), ehs, cond)
     d_theirs, m_theirs = theirs(x, torch.tensor(500), ehs, cond, return_dict=False)
 diff = max([(a - b).abs().max().item() for a, b in zip(d_ours, d_theirs)] + [(m_ours - m_theirs).abs().max().item()])
+largest = max([m_theirs.abs().max().item()] + [b.abs().max().item() for b in d_theirs])
 print(f"{len(d_ours) + 1} residuals ({len(d_ours)} down + 1 middle), largest difference from diffusers' "
-      f"ControlNetModel: {diff:.2e}")
-assert diff < 1e-5 and len(d_ours) + 1 == len(canny_net.connections) and (len(d_ours) == 12 or not REAL)
+      f"ControlNetModel: {diff:.2e} (largest residual value {largest:.3g}, {parts.dtype})")
+assert diff <= 64 * torch.finfo(parts.dtype).eps * max(1.0, largest)   # equal up to rounding, whatever the dtype and weights
+assert len(d_ours) + 1 == len(canny_net.connections) and (len(d_ours) == 12 or not REAL)
 
 # %% [markdown]
 # The authors' own checkpoints (`control_sd15_canny.pth`) use the original layout,
@@ -315,9 +317,9 @@ assert not torch.equal(both_img, only_first)           # the second condition ch
 assert torch.equal(only_first, ours) or REAL           # scale 0 removes it exactly
 
 # %%
-s1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="scale 1")
-s2 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="scale 2")
-beta = widgets.FloatSlider(value=7.5, min=1.0, max=12.0, step=0.5, description="guidance")
+s1 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="scale 1", continuous_update=False)
+s2 = widgets.FloatSlider(value=1.0, min=0.0, max=2.0, step=0.1, description="scale 2", continuous_update=False)
+beta = widgets.FloatSlider(value=7.5, min=1.0, max=12.0, step=0.5, description="guidance", continuous_update=False)
 
 
 def show(scale_1: float, scale_2: float, guidance: float) -> None:

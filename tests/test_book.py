@@ -32,6 +32,33 @@ def test_chapter_starts_with_colab_cell_and_reads_smoke_mode(py):
     assert any("smoke_mode()" in c for c in code[:3]), "the chapter must read smoke mode from cnetlib"
 
 
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_sliders_redraw_on_release_not_on_every_pixel_of_a_drag(py):
+    """Every figure behind a slider takes seconds to draw: continuous updates would queue one per pixel."""
+    import ast
+
+    for node in ast.walk(ast.parse("\n".join(c.source for c in jupytext.read(py).cells if c.cell_type == "code"
+                                              and not c.source.lstrip().startswith(("%", "!"))))):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "").endswith("Slider"):
+            keywords = {k.arg: k.value for k in node.keywords}
+            assert "continuous_update" in keywords and keywords["continuous_update"].value is False, \
+                f"{py.name} line {node.lineno}: widgets.{node.func.attr} needs continuous_update=False"
+
+
+def test_the_browser_check_finds_the_widget_chapters_and_names_a_missing_chromium(monkeypatch, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("browser_check", CHAPTERS[0].parent.parent / "tools" / "browser_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    found = [nb.stem for nb in check.widget_chapters()]
+    assert found == [py.stem for py in CHAPTERS if "interactive_output" in py.read_text()] and len(found) >= 5
+    monkeypatch.delenv("CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(SystemExit, match="no Chromium found.*apt install chromium.*CHROMIUM="):
+        check.find_chromium()
+
+
 MACHINE_TRACES = ("/work/", "/home/", "/root/", "/tmp/", "/Users/", "C:\\", "site-packages", "dist-packages")
 
 

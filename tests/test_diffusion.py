@@ -15,7 +15,7 @@ def test_linear_schedule_is_stable_diffusions():
     assert s.betas[0].item() == pytest.approx(0.00085) and s.betas[-1].item() == pytest.approx(0.012)
     # SD's "scaled linear": sqrt(beta) is linear
     d = torch.diff(s.betas.sqrt())
-    assert torch.allclose(d, d[0].expand_as(d))
+    torch.testing.assert_close(d, d[0].expand_as(d))
     assert s.alphas_cumprod[-1].item() == pytest.approx(0.0047, abs=2e-4)
 
 
@@ -70,9 +70,9 @@ def test_cfg_is_a_linear_combination():
     c = lambda x, t: torch.ones_like(x) * 3.0  # noqa: E731
     u = lambda x, t: torch.ones_like(x)  # noqa: E731
     x, t = torch.zeros(2, 1, 2, 2), torch.zeros(2, dtype=torch.long)
-    assert torch.allclose(classifier_free_guidance(c, u, 1.0)(x, t), c(x, t))
-    assert torch.allclose(classifier_free_guidance(c, u, 0.0)(x, t), u(x, t))
-    assert torch.allclose(classifier_free_guidance(c, u, 2.5)(x, t), torch.full_like(x, 1 + 2.5 * 2))
+    torch.testing.assert_close(classifier_free_guidance(c, u, 1.0)(x, t), c(x, t))
+    torch.testing.assert_close(classifier_free_guidance(c, u, 0.0)(x, t), u(x, t))
+    torch.testing.assert_close(classifier_free_guidance(c, u, 2.5)(x, t), torch.full_like(x, 1 + 2.5 * 2))
 
 
 def test_ddim_timesteps_are_trailing_and_unique():

@@ -84,7 +84,7 @@ def test_control_outside_its_window_is_off():
         fn = guided_model_fn(base, [Control(nets[0], cond)], c, u, ts, guidance=2.0, control_start=0.0, control_end=0.4)
         plain = classifier_free_guidance(lambda x_, t_: base(x_, t_, c), lambda x_, t_: base(x_, t_, u), 2.0)
         assert not torch.allclose(fn(x, torch.tensor([999, 999])), plain(x, torch.tensor([999, 999])))
-        assert torch.allclose(fn(x, t), plain(x, t))  # t = 500 is step 1 of 3: after the window
+        torch.testing.assert_close(fn(x, t), plain(x, t))  # t = 500 is step 1 of 3: after the window
 
 
 def test_sum_of_one_controlnet_is_that_controlnet_and_two_add():
@@ -96,7 +96,8 @@ def test_sum_of_one_controlnet_is_that_controlnet_and_two_add():
         d1, m1 = nets[0](x, t, c, cond)
         d2, m2 = nets[1](x, t, c, cond)
         d, m = control_residuals(nets, x, t, c, [cond, cond], [1.0, 1.0])
-        assert all(torch.allclose(a, b + e) for a, b, e in zip(d, d1, d2)) and torch.allclose(m, m1 + m2)
+        for a, b, e in zip([*d, m], [*d1, m1], [*d2, m2]):
+            torch.testing.assert_close(a, b + e)
         two = sample(base, ["red circle with blue background"] * 2, [Control(nets[0], cond), Control(nets[1], cond)],
                      steps=3)
         assert not torch.equal(one, two)

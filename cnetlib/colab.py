@@ -9,12 +9,12 @@ call does nothing; after a failed install (the network dropped), the next run tr
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+from .runtime import unimportable   # standard library only, like this module
 
 #: Where the chapters clone the book from; set ``CNETLIB_REPO`` to use a fork or a mirror.
 BOOK_URL = "https://github.com/controlnet-book/controlnet-book"
@@ -34,8 +34,7 @@ def missing_modules(extras: Sequence[str] = ()) -> list[str]:
     unknown = [e for e in extras if e not in NEEDS or e == ""]
     if unknown:
         raise ValueError(f"extras: expected names from {sorted(k for k in NEEDS if k)}, got {unknown}")
-    importlib.invalidate_caches()   # a pip install earlier in this kernel must be seen
-    return [m for part in ("", *extras) for m in NEEDS[part] if importlib.util.find_spec(m) is None]
+    return unimportable(m for part in ("", *extras) for m in NEEDS[part])
 
 
 def ensure_installed(book: str | Path, extras: Sequence[str] = (), *,

@@ -38,19 +38,31 @@ DATA_DIR = _PACKAGE_PARENT / "data" if SOURCE_TREE else Path(__file__).resolve()
 FIGURES_DIR = ROOT / "figures"
 
 
-def require_extra(feature: str, modules: tuple[str, ...], extra: str = "sd") -> None:
-    """Fail with the pip command to run when ``feature`` needs modules of an extra that is not installed."""
+def unimportable(modules) -> list[str]:
+    """The names in ``modules`` this Python cannot import (found without importing them)."""
+    import importlib
     import importlib.util
 
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    importlib.invalidate_caches()   # a pip install earlier in this process must be seen
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def require_extra(feature: str, modules: tuple[str, ...], extra: str = "sd") -> None:
+    """Fail with the pip command to run when ``feature`` needs modules of an extra that is not installed."""
+    missing = unimportable(modules)
     if missing:
         raise ModuleNotFoundError(f"{feature} needs {', '.join(missing)}, which is not installed: "
                                   f"pip install \"cnetlib[{extra}]\" (or pip install -r requirements.txt in the book)")
 
 
+def env_flag(name: str) -> bool:
+    """Is the environment variable ``name`` switched on ("1", "true", "yes" or "on")?"""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def smoke_mode() -> bool:
     """True when ``CNETLIB_SMOKE`` asks for the short CI run of every chapter."""
-    return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(SMOKE_ENV)
 
 
 def pick(full: T, smoke: T) -> T:

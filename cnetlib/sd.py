@@ -33,7 +33,7 @@ import torch.nn as nn
 from .checks import check_images
 from .controlnet import ConditionEncoder, trainable_copy, zero_conv
 from .guidance import Control, check_mode, connection_weights, control_active
-from .runtime import require_extra
+from .runtime import env_flag, require_extra
 from .unet import Connection
 
 require_extra("cnetlib.sd", ("diffusers", "transformers"))  # a clear pip command, not a raw ModuleNotFoundError later
@@ -573,7 +573,7 @@ CONTROLNET_FILES = ("config.json",)
 
 def hub_offline() -> bool:
     """Is the Hugging Face hub switched off (``HF_HUB_OFFLINE``) for this process?"""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag("HF_HUB_OFFLINE")
 
 
 def load_failure(model: str | os.PathLike, what: str, error: BaseException, expected: Sequence[str] = SD_SUBFOLDERS) -> str:

@@ -59,6 +59,17 @@ def test_the_browser_check_finds_the_widget_chapters_and_names_a_missing_chromiu
         check.find_chromium()
 
 
+def test_the_colab_cell_is_one_cell_in_every_chapter():
+    """The bootstrap cell cannot import cnetlib before it has cloned it, so each chapter carries it;
+    it must stay word for word the same (only the extras differ), so a fix lands in all of them."""
+    import re
+
+    first = {py.name: re.sub(r'extras=\([^)]*\)', "extras=…", next(c.source for c in jupytext.read(py).cells
+                                                                      if c.cell_type == "code"))
+             for py in CHAPTERS}
+    assert len(set(first.values())) == 1, f"the Colab cells differ: {sorted(first)}"
+
+
 MACHINE_TRACES = ("/work/", "/home/", "/root/", "/tmp/", "/Users/", "C:\\", "site-packages", "dist-packages")
 
 

@@ -42,9 +42,9 @@ def test_zero_conv_outputs_zero_but_has_nonzero_weight_gradient():
     assert z.weight.grad.abs().sum() > 0 and z.bias.grad.abs().sum() > 0
     # dL/dW = dL/dy · x^T, exactly
     expected = (-2 * x).sum(dim=(0, 2, 3))  # dL/dy = -2 everywhere
-    # a sum of 50 products can cancel to near 0: scale the tolerance to the size of its terms
-    scale = (2 * x).abs().sum(dim=(0, 2, 3)).max().item()
-    torch.testing.assert_close(z.weight.grad[:, :, 0, 0], expected.expand(6, 4), rtol=1e-5, atol=1e-6 * scale)
+    # a sum of 50 products can cancel to near 0: scale the tolerance to the dtype and the size of its terms
+    atol = 16 * torch.finfo(x.dtype).eps * (2 * x).abs().sum(dim=(0, 2, 3)).max().item()
+    torch.testing.assert_close(z.weight.grad[:, :, 0, 0], expected.expand(6, 4), rtol=1e-5, atol=atol)
 
 
 def test_gaussian_conv_has_the_asked_std():

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # 07 · ControlNet on Stable Diffusion
 #
-# Everything so far ran on a toy UNet of 400 k parameters. Stable Diffusion's UNet has
+# Everything so far ran on a toy UNet of 1.1 M parameters. Stable Diffusion's UNet has
 # 860 M, works on 64 × 64 × 4 latents of a VAE instead of pixels, and reads its prompt
 # through CLIP. The ControlNet recipe does not change: copy the encoder half, freeze the
 # original, add a condition encoder and one zero convolution per connection.
@@ -78,6 +78,7 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # %%
 from diffusers import UNet2DConditionModel
 
+from cnetlib.base import load_base
 from cnetlib.sd import SD15_UNET_CONFIG, SDControlNet
 
 with torch.device("meta"):
@@ -85,13 +86,16 @@ with torch.device("meta"):
     sd15_net = SDControlNet.from_unet(sd15_unet)
 n_unet = sum(p.numel() for p in sd15_unet.parameters())
 n_net = sum(p.numel() for p in sd15_net.parameters())
-print(f"SD 1.5 UNet: {n_unet / 1e6:.1f} M parameters; its ControlNet: {n_net / 1e6:.1f} M ({n_net / n_unet:.0%})\n")
+n_toy = sum(p.numel() for p in load_base().parameters())  # the toy base of chapters 01-06
+print(f"SD 1.5 UNet: {n_unet / 1e6:.1f} M parameters ({n_unet / n_toy:,.0f}× the toy base's {n_toy / 1e6:.1f} M); "
+      f"its ControlNet: {n_net / 1e6:.1f} M ({n_net / n_unet:.0%})\n")
 print(f"{'#':>2}  {'block':<11} {'level':>5} {'channels':>8} {'h_i':>4}")
 for c in sd15_net.connections:
     print(f"{c.index:>2}  {c.kind:<11} {c.level:>5} {c.channels:>8} {c.resolution:>4}")
 assert [c.index for c in sd15_net.connections] == list(range(13))
 assert [c.resolution for c in sd15_net.connections] == [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]
 assert 355e6 < n_net < 365e6        # the public SD 1.5 ControlNets have 361 M parameters
+assert 855e6 < n_unet < 865e6 and round(n_toy / 1e6, 1) == 1.1     # the prose: 860 M and 1.1 M
 
 # %% [markdown]
 # 12 skip connections at 64, 32, 16 and 8 (the input conv, two ResNet blocks per level,

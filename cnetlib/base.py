@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import check_writable, load_checkpoint, save_checkpoint
 from .data import TOY_PALETTE, Fill50k, check_palette
 from .metrics import DiskQuality, PromptFollowing, disk_quality, prompt_following
 from .runtime import DATA_DIR, ROOT, pick, smoke_mode
@@ -203,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.add_argument("--eval", type=int, default=112, help="number of samples to evaluate (0: skip)")
     args = p.parse_args(argv)
+    check_writable(args.out, "--out")  # before hours of training, not after
     recipe = BaseRecipe(steps=args.steps, stop_at=args.stop_at, seed=args.seed, lr=args.lr, batch_size=args.batch_size,
                         drop_prompt=args.drop_prompt, channels=tuple(args.channels))
     result = train_base(recipe, init=args.init, device=args.device, out_dir=args.run_dir,

@@ -37,6 +37,31 @@ def _atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     return path
 
 
+def check_writable(path: str | Path, name: str) -> Path:
+    """Fail before a long job, not after it: ``path`` must be a file path (not a folder)
+    whose folder exists or can be made."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{name}: expected a file path, got the folder {path}; name a file inside it")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise PermissionError(f"{name}: cannot write {path}: {parent} is not a writable folder")
+    return path
+
+
+def atomic_save_npz(path: str | Path, **arrays) -> Path:
+    """``np.savez_compressed`` atomically (through a file handle, so no ".npz" is appended to the temporary name)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    return _atomic_write(path, write)
+
+
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename over it."""
     return _atomic_write(path, lambda tmp: torch.save(obj, tmp))
@@ -61,7 +86,13 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty (an interrupted copy or download?): regenerate or re-download it")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated, garbage, or another program's file: say which file, not only why
+        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                         f"it may be truncated or not a cnetlib checkpoint: regenerate it") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: expected a {FORMAT} checkpoint, got {type(ckpt).__name__} "
                          f"with format {ckpt.get('format') if isinstance(ckpt, dict) else None!r}")
@@ -92,6 +123,10 @@ def load_checkpoint(path: str | Path, model_cls: type, config_cls: type, *, expe
         diff = config_diff(expected_config.to_dict(), ckpt["config"])
         if diff:
             raise ConfigMismatchError(f"{path}: checkpoint config does not match the model: " + "; ".join(diff))
+    bad = [k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{path}: holds NaN or infinite weights in {bad[:3]}{' ...' if len(bad) > 3 else ''}: "
+                         f"a diverged run? regenerate it")
     model = model_cls(config_cls(**ckpt["config"]))
     missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     if missing or unexpected:

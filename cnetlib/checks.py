@@ -1,9 +1,39 @@
 """Input checks that fail early with a message naming what was expected and what was given."""
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
 from typing import Sequence
 
 import torch
+
+
+def check_number(value, *, name: str, low: float | None = None, high: float | None = None,
+                 integer: bool = False, low_open: bool = False) -> float | int:
+    """A finite number (an int if ``integer``) in ``[low, high]`` (``(low, high]`` if
+    ``low_open``); returns it. Raises naming ``name``, what was expected and what was given."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, Integral if integer else Real):
+        raise TypeError(f"{name}: expected {kind}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{name}: expected {kind} {'>' if low_open else '>='} {low:g}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name}: expected {kind} <= {high:g}, got {value}")
+    return value
+
+
+def check_prompts(prompts, *, name: str = "prompts") -> list[str]:
+    """A list of strings (one per image): a single string is refused, not split into characters."""
+    if isinstance(prompts, str):
+        raise TypeError(f"{name}: expected a list of strings (one per image), got the string {prompts!r}; "
+                        f"write [{prompts!r}] for one image")
+    prompts = list(prompts)
+    bad = [type(p).__name__ for p in prompts if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{name}: expected strings, got {bad[0]} among them")
+    return prompts
 
 
 def check_images(
@@ -33,6 +63,11 @@ def check_images(
         hw = (size, size) if isinstance(size, int) else tuple(size)
         if tuple(x.shape[-2:]) != hw:
             raise ValueError(f"{name}: expected spatial size {hw[0]}x{hw[1]}, got {x.shape[-2]}x{x.shape[-1]}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+    if x.numel() > 0 and not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{name}: expected finite values, got {bad} NaN or infinite value(s)")
     if value_range is not None and x.numel() > 0:
         lo, hi = value_range
         xmin, xmax = float(x.min()), float(x.max())

@@ -198,6 +198,13 @@ class ControlNetConfig:
             self.base = self.base.to_dict()
         if self.hint_channels is not None:
             self.hint_channels = tuple(self.hint_channels)
+            if not self.hint_channels or any(isinstance(c, bool) or not isinstance(c, int) or c < 1
+                                             for c in self.hint_channels):
+                raise ValueError(f"hint_channels: expected one or more positive integer widths (None for the "
+                                 f"default), got {self.hint_channels}")
+        if self.connector_std is not None and not (math.isfinite(self.connector_std) and self.connector_std > 0):
+            raise ValueError(f"connector_std: expected a finite number > 0 (None for 1/sqrt(fan_in)), "
+                             f"got {self.connector_std}")
         for name, value, allowed in (("condition_encoder", self.condition_encoder, CONDITION_ENCODERS),
                                      ("connector", self.connector, CONNECTORS), ("copy", self.copy, COPIES)):
             if value not in allowed:
@@ -312,14 +319,17 @@ class ControlNet(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                condition: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+                condition: torch.Tensor, c_f: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Residuals for every skip connection and for the middle block of the base.
 
         ``x``: noisy images x_t; ``t``: timesteps; ``context``: the prompt c_t encoded by
         the (frozen) base's text encoder; ``condition``: the control image c in [0, 1].
+        ``c_f``: ``self.condition_encoder(condition)`` if already computed. It depends on
+        c alone, so a sampler computes it once per image instead of once per step.
         """
         self.check_condition(condition, x)
-        c_f = self.condition_encoder(condition)               # E(c), ends in Z(c; Θz1): 0 at step 0
+        if c_f is None:
+            c_f = self.condition_encoder(condition)           # E(c), ends in Z(c; Θz1): 0 at step 0
         t = _broadcast_t(t, x.shape[0], x.device)
         outs: list[torch.Tensor] = []
         if self.config.copy == "lite":
@@ -375,13 +385,15 @@ def control_residuals(
     conditions: Sequence[torch.Tensor],
     scales: Sequence[float] | float = 1.0,
     connection_scales: Sequence[float] | None = None,
+    condition_features: Sequence[torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Σ_k s_k · (residuals of ControlNet k), each connection i further scaled by w_i.
 
     The paper adds the outputs of several ControlNets without weights (all s_k = 1);
     diffusers gives each its own ``controlnet_conditioning_scale``. ``connection_scales``
     (length = number of connections, the middle block last) is the per-connection w_i
-    that guess mode and resolution weighting use (chapter 05).
+    that guess mode and resolution weighting use (chapter 05). ``condition_features``:
+    each ControlNet's c_f = E(c_k) if already computed (a sampler computes them once).
     """
     if len(controlnets) == 0:
         raise ValueError("controlnets: expected at least one ControlNet, got none")
@@ -392,12 +404,14 @@ def control_residuals(
     if connection_scales is not None and len(connection_scales) != n:
         raise ValueError(f"connection_scales: expected {n} values (one per connection, middle last), "
                          f"got {len(connection_scales)}")
+    features = [None] * len(controlnets) if condition_features is None \
+        else _as_list(list(condition_features), len(controlnets), "condition_features")
     down: list[torch.Tensor] | None = None
     mid: torch.Tensor | None = None
-    for net, cond, s in zip(controlnets, conditions, scales):
+    for net, cond, c_f, s in zip(controlnets, conditions, features, scales):
         if len(net.connections) != n:
             raise ValueError(f"controlnets: expected every ControlNet to have {n} connections, got {len(net.connections)}")
-        d, m = net(x, t, context, cond)
+        d, m = net(x, t, context, cond, c_f)
         w = connection_scales or [1.0] * n
         d = [r * (s * wi) for r, wi in zip(d, w[:-1])]
         m = m * (s * w[-1])
@@ -417,10 +431,17 @@ class ControlledUNet(nn.Module):
 
     def __init__(self, base: ToyUNet, controlnets: ControlNet | Sequence[ControlNet]) -> None:
         super().__init__()
+        if not isinstance(base, ToyUNet):
+            raise TypeError(f"base: expected the frozen ToyUNet, got {type(base).__name__}")
+        if isinstance(controlnets, nn.Module) and not isinstance(controlnets, (ControlNet, nn.ModuleList)):
+            controlnets = [controlnets]  # named in the check below
         nets = [controlnets] if isinstance(controlnets, ControlNet) else list(controlnets)
         if not nets:
             raise ValueError("controlnets: expected at least one ControlNet, got none")
-        for net in nets:
+        for k, net in enumerate(nets):
+            if not isinstance(net, ControlNet):
+                raise TypeError(f"controlnets[{k}]: expected a ControlNet, got {type(net).__name__} "
+                                f"(base and ControlNet swapped?)")
             net.check_base(base)
         self.base = base.eval().requires_grad_(False)
         self.controlnets = nn.ModuleList(nets)

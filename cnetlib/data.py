@@ -19,162 +19,43 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
+from matplotlib.colors import CSS4_COLORS, to_rgb
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text
+from .checks import check_number
 
-#: The 148 CSS colour names, written as words (as in Fill50K's prompts), and their RGB.
-CSS_COLORS: dict[str, tuple[int, int, int]] = {
-    "alice blue": (240, 248, 255),
-    "antique white": (250, 235, 215),
-    "aqua": (0, 255, 255),
-    "aquamarine": (127, 255, 212),
-    "azure": (240, 255, 255),
-    "beige": (245, 245, 220),
-    "bisque": (255, 228, 196),
-    "black": (0, 0, 0),
-    "blanched almond": (255, 235, 205),
-    "blue": (0, 0, 255),
-    "blue violet": (138, 43, 226),
-    "brown": (165, 42, 42),
-    "burly wood": (222, 184, 135),
-    "cadet blue": (95, 158, 160),
-    "chartreuse": (127, 255, 0),
-    "chocolate": (210, 105, 30),
-    "coral": (255, 127, 80),
-    "corn flower blue": (100, 149, 237),
-    "corn silk": (255, 248, 220),
-    "crimson": (220, 20, 60),
-    "cyan": (0, 255, 255),
-    "dark blue": (0, 0, 139),
-    "dark cyan": (0, 139, 139),
-    "dark golden rod": (184, 134, 11),
-    "dark gray": (169, 169, 169),
-    "dark green": (0, 100, 0),
-    "dark grey": (169, 169, 169),
-    "dark khaki": (189, 183, 107),
-    "dark magenta": (139, 0, 139),
-    "dark olive green": (85, 107, 47),
-    "dark orange": (255, 140, 0),
-    "dark orchid": (153, 50, 204),
-    "dark red": (139, 0, 0),
-    "dark salmon": (233, 150, 122),
-    "dark sea green": (143, 188, 143),
-    "dark slate blue": (72, 61, 139),
-    "dark slate gray": (47, 79, 79),
-    "dark slate grey": (47, 79, 79),
-    "dark turquoise": (0, 206, 209),
-    "dark violet": (148, 0, 211),
-    "deep pink": (255, 20, 147),
-    "deep sky blue": (0, 191, 255),
-    "dim gray": (105, 105, 105),
-    "dim grey": (105, 105, 105),
-    "dodger blue": (30, 144, 255),
-    "fire brick": (178, 34, 34),
-    "floral white": (255, 250, 240),
-    "forest green": (34, 139, 34),
-    "fuchsia": (255, 0, 255),
-    "gainsboro": (220, 220, 220),
-    "ghost white": (248, 248, 255),
-    "gold": (255, 215, 0),
-    "golden rod": (218, 165, 32),
-    "gray": (128, 128, 128),
-    "grey": (128, 128, 128),
-    "green": (0, 128, 0),
-    "green yellow": (173, 255, 47),
-    "honey dew": (240, 255, 240),
-    "hot pink": (255, 105, 180),
-    "indian red": (205, 92, 92),
-    "indigo": (75, 0, 130),
-    "ivory": (255, 255, 240),
-    "khaki": (240, 230, 140),
-    "lavender": (230, 230, 250),
-    "lavender blush": (255, 240, 245),
-    "lawn green": (124, 252, 0),
-    "lemon chiffon": (255, 250, 205),
-    "light blue": (173, 216, 230),
-    "light coral": (240, 128, 128),
-    "light cyan": (224, 255, 255),
-    "light golden rod yellow": (250, 250, 210),
-    "light gray": (211, 211, 211),
-    "light green": (144, 238, 144),
-    "light grey": (211, 211, 211),
-    "light pink": (255, 182, 193),
-    "light salmon": (255, 160, 122),
-    "light sea green": (32, 178, 170),
-    "light sky blue": (135, 206, 250),
-    "light slate gray": (119, 136, 153),
-    "light slate grey": (119, 136, 153),
-    "light steel blue": (176, 196, 222),
-    "light yellow": (255, 255, 224),
-    "lime": (0, 255, 0),
-    "lime green": (50, 205, 50),
-    "linen": (250, 240, 230),
-    "magenta": (255, 0, 255),
-    "maroon": (128, 0, 0),
-    "medium aqua marine": (102, 205, 170),
-    "medium blue": (0, 0, 205),
-    "medium orchid": (186, 85, 211),
-    "medium purple": (147, 112, 219),
-    "medium sea green": (60, 179, 113),
-    "medium slate blue": (123, 104, 238),
-    "medium spring green": (0, 250, 154),
-    "medium turquoise": (72, 209, 204),
-    "medium violet red": (199, 21, 133),
-    "midnight blue": (25, 25, 112),
-    "mint cream": (245, 255, 250),
-    "misty rose": (255, 228, 225),
-    "moccasin": (255, 228, 181),
-    "navajo white": (255, 222, 173),
-    "navy": (0, 0, 128),
-    "old lace": (253, 245, 230),
-    "olive": (128, 128, 0),
-    "olive drab": (107, 142, 35),
-    "orange": (255, 165, 0),
-    "orange red": (255, 69, 0),
-    "orchid": (218, 112, 214),
-    "pale golden rod": (238, 232, 170),
-    "pale green": (152, 251, 152),
-    "pale turquoise": (175, 238, 238),
-    "pale violet red": (219, 112, 147),
-    "papaya whip": (255, 239, 213),
-    "peach puff": (255, 218, 185),
-    "peru": (205, 133, 63),
-    "pink": (255, 192, 203),
-    "plum": (221, 160, 221),
-    "powder blue": (176, 224, 230),
-    "purple": (128, 0, 128),
-    "rebecca purple": (102, 51, 153),
-    "red": (255, 0, 0),
-    "rosy brown": (188, 143, 143),
-    "royal blue": (65, 105, 225),
-    "saddle brown": (139, 69, 19),
-    "salmon": (250, 128, 114),
-    "sandy brown": (244, 164, 96),
-    "sea green": (46, 139, 87),
-    "sea shell": (255, 245, 238),
-    "sienna": (160, 82, 45),
-    "silver": (192, 192, 192),
-    "sky blue": (135, 206, 235),
-    "slate blue": (106, 90, 205),
-    "slate gray": (112, 128, 144),
-    "slate grey": (112, 128, 144),
-    "snow": (255, 250, 250),
-    "spring green": (0, 255, 127),
-    "steel blue": (70, 130, 180),
-    "tan": (210, 180, 140),
-    "teal": (0, 128, 128),
-    "thistle": (216, 191, 216),
-    "tomato": (255, 99, 71),
-    "turquoise": (64, 224, 208),
-    "violet": (238, 130, 238),
-    "wheat": (245, 222, 179),
-    "white": (255, 255, 255),
-    "white smoke": (245, 245, 245),
-    "yellow": (255, 255, 0),
-    "yellow green": (154, 205, 50),
-}
+#: The words the 148 CSS colour names are made of; Fill50K's prompts write each name
+#: as words ("light golden rod yellow" for lightgoldenrodyellow). "marine" is no longer
+#: used (an earlier version spelt "medium aqua marine") but stays: the shipped models'
+#: tokenizer vocabulary (``cnetlib.unet.default_vocabulary``) has it.
+CSS_WORDS = frozenset("""
+alice almond antique aqua aquamarine azure beige bisque black blanched blue blush brick brown burly cadet
+chartreuse chiffon chocolate coral corn cream crimson cyan dark deep dew dim dodger drab fire floral flower
+forest fuchsia gainsboro ghost gold golden gray green grey honey hot indian indigo ivory khaki lace lavender
+lawn lemon light lime linen magenta marine maroon medium midnight mint misty moccasin navajo navy old olive
+orange orchid pale papaya peach peru pink plum powder puff purple rebecca red rod rose rosy royal saddle
+salmon sandy sea shell sienna silk silver sky slate smoke snow spring steel tan teal thistle tomato
+turquoise violet wheat whip white wood yellow
+""".split())
+
+
+def _as_words(name: str) -> str | None:
+    """``"lightgoldenrodyellow"`` -> ``"light golden rod yellow"``: the longest known word first, backtracking."""
+    if not name:
+        return ""
+    for end in range(len(name), 0, -1):
+        if name[:end] in CSS_WORDS:
+            rest = _as_words(name[end:])
+            if rest is not None:
+                return (name[:end] + " " + rest).strip()
+    return None
+
+
+#: The 148 CSS colour names written as words, sorted, and their RGB (from matplotlib's CSS4 table).
+CSS_COLORS: dict[str, tuple[int, int, int]] = dict(sorted(
+    (_as_words(name), tuple(round(255 * v) for v in to_rgb(hex_))) for name, hex_ in CSS4_COLORS.items()))
 
 
 def _resolve(name: str) -> str:
@@ -415,8 +296,8 @@ class Fill50k(_PairDataset):
         progress: bool = False,
         condition: str = "outline",
     ) -> None:
-        if n < 1:
-            raise ValueError(f"n: expected at least 1 sample, got {n}")
+        check_number(n, name="n", low=1, integer=True)
+        check_number(size, name="size", low=8, integer=True)
         if condition not in CONDITIONS:
             raise ValueError(f"condition: expected one of {CONDITIONS}, got {condition!r}")
         self.condition = condition
@@ -471,6 +352,7 @@ def write_fill50k(
     ``prompt.json`` is written last and atomically, so an interrupted run leaves no
     prompt file that names missing images.
     """
+    check_number(n, name="n", low=1, integer=True)   # an empty folder would be one its own reader rejects
     root = Path(root)
     (root / "source").mkdir(parents=True, exist_ok=True)
     (root / "target").mkdir(parents=True, exist_ok=True)
@@ -532,8 +414,8 @@ class LazyPairs(Dataset):
     """
 
     def __init__(self, n: int, *, size: int = 512, seed: int = 0, palette: Sequence[str] = FULL_PALETTE) -> None:
-        if n < 1:
-            raise ValueError(f"n: expected at least 1 sample, got {n}")
+        check_number(n, name="n", low=1, integer=True)
+        check_number(size, name="size", low=8, integer=True)
         self.n, self.size, self.seed, self.palette = n, size, seed, check_palette(palette)
         self.root: Path | None = None
         self.records: list[dict] = []

@@ -59,9 +59,35 @@ def gradient_front(base: ToyUNet, net: ControlNet, x0: torch.Tensor, condition: 
     return rows
 
 
-def connector_norms(net: ControlNet) -> list[float]:
-    """‖W‖ (Frobenius) of every connector Z, the middle block's last."""
-    return [float(z.weight.detach().norm()) for z in net.zero_convs]
+def connector_rms(net: ControlNet) -> list[float]:
+    """Per-weight RMS ‖W‖ / √(number of weights) of every connector Z, the middle block's last.
+
+    The total norm ‖W‖ grows with √(number of weights), so connectors of different widths
+    would differ by their size alone; the RMS compares them weight for weight (chapter 02).
+    """
+    return [float(z.weight.detach().norm()) / z.weight.numel() ** 0.5 for z in net.zero_convs]
+
+
+COPY_PARTS = ("time_embed", "text_embed", "input_blocks", "middle_block")
+
+
+def copy_drift(net: ControlNet, base: ToyUNet) -> float:
+    """‖Θc − Θ‖ / ‖Θ‖: how far the trainable copy has moved from the base weights it was
+    copied from (0 at initialisation), over every copied part (chapter 02)."""
+    num = den = 0.0
+    for part in COPY_PARTS:
+        mine, theirs = getattr(net, part, None), getattr(base, part, None)
+        if mine is None or theirs is None:
+            continue
+        for (name, a), (name_b, b) in zip(mine.named_parameters(), theirs.named_parameters()):
+            if name != name_b or a.shape != b.shape:
+                raise ValueError(f"{part}: the copy's {name} {tuple(a.shape)} is not the base's {name_b} "
+                                 f"{tuple(b.shape)}; copy_drift needs a full trainable copy, not ControlNet-lite")
+            num += float((a.detach() - b.detach()).pow(2).sum())
+            den += float(b.detach().pow(2).sum())
+    if den == 0.0:
+        raise ValueError("copy_drift: expected a full trainable copy (time_embed, input_blocks, middle_block), got none")
+    return (num / den) ** 0.5
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checks import check_images
+from .checks import check_images, check_number
 from .controlnet import ConditionEncoder, trainable_copy, zero_conv
 from .guidance import Control, check_mode, connection_weights, control_active
 from .runtime import env_flag, require_extra
@@ -688,8 +688,20 @@ def generate(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     b, device, dtype = len(prompts), parts.device, parts.dtype
     vsf = parts.vae_scale_factor
-    height = height or parts.unet.config.sample_size * vsf
-    width = width or parts.unet.config.sample_size * vsf
+    height = parts.unet.config.sample_size * vsf if height is None else height
+    width = parts.unet.config.sample_size * vsf if width is None else width
+    for name, value in (("height", height), ("width", width)):
+        check_number(value, name=name, low=vsf, integer=True)
+        if value % vsf:
+            raise ValueError(f"{name}: expected a multiple of {vsf} (the VAE's factor), got {value}")
+    check_number(steps, name="steps", low=1, integer=True)
+    for name, value in (("guidance_scale", guidance_scale), ("conditioning_scale", conditioning_scale)):
+        check_number(value, name=name)   # NaN would silently turn guidance off
+    check_number(control_start, name="control_start", low=0.0, high=1.0)
+    check_number(control_end, name="control_end", low=0.0, high=1.0)
+    if control_start >= control_end:
+        raise ValueError(f"control_start, control_end: expected start < end (the window of steps with control), "
+                         f"got {control_start} >= {control_end}: no step would be controlled")
     controls = [Control(c.controlnet, prepare_condition(c.condition, height, width, b, device, dtype), c.scale)
                 for c in _as_controls(controls)]
     cfg = guidance_scale > 1.0

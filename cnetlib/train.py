@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .checks import check_number
 from .data import Fill50k, source_to_tensor, target_to_tensor
 from .diffusion import diffusion_loss, make_schedule
 
@@ -114,10 +115,9 @@ def train_denoiser(
 
     from .checkpoint import atomic_save
 
-    if steps < 1:
-        raise ValueError(f"steps: expected at least 1, got {steps}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
+    check_number(steps, name="steps", low=1, integer=True)
+    check_number(batch_size, name="batch_size", low=1, integer=True)
+    check_number(lr, name="lr", low=0.0, low_open=True)
     end = steps if stop_at is None else stop_at
     if not 1 <= end <= steps:
         raise ValueError(f"stop_at: expected a step in 1..steps={steps}, got {stop_at}")
@@ -261,8 +261,15 @@ def train_controlnet(
     from .checkpoint import atomic_save, atomic_write_text
     from .controlnet import ControlledUNet
 
-    if steps < 1:
-        raise ValueError(f"steps: expected at least 1, got {steps}")
+    check_number(steps, name="steps", low=1, integer=True)
+    check_number(batch_size, name="batch_size", low=1, integer=True)
+    check_number(lr, name="lr", low=0.0, low_open=True)
+    check_number(eval_every, name="eval_every", low=1, integer=True)
+    check_number(checkpoint_every, name="checkpoint_every", low=1, integer=True)
+    if sample_every is not None:
+        check_number(sample_every, name="sample_every", low=1, integer=True)
+    if len(data) < 1:
+        raise ValueError("data: expected at least one training pair, got an empty dataset")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
     if not 0.0 <= drop_prompt <= 1.0:
@@ -301,10 +308,14 @@ def train_controlnet(
             raise ValueError(f"{state_path}: holds {run.resumed_from} steps, more than the {steps} asked for")
     targets, sources = data.tensors()["target"], data.tensors()["source"]
 
+    # The generator as it was after the last completed step: a Ctrl-C inside a step (after
+    # its random draws) must not shift the draws of the resumed run.
+    g_done = g.get_state()
+
     def save_state() -> None:
         if state_path is not None:
             atomic_save({"settings": settings, "controlnet": controlnet.state_dict(), "optimizer": opt.state_dict(),
-                         "generator": g.get_state(), "losses": run.losses, "log": run.log,
+                         "generator": g_done, "losses": run.losses, "log": run.log,
                          "samples": run.samples}, state_path)
 
     def evaluate(step: int) -> None:
@@ -345,6 +356,7 @@ def train_controlnet(
                 nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
             run.losses.append(loss.item())
+            g_done = g.get_state()
             done = step + 1
             if on_step is not None:
                 on_step(done, controlnet)

@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .checks import check_number
 from .data import FULL_PALETTE, LazyPairs
 from .runtime import require_extra
 from .sd import SD15_ID, SDControlNet, SDParts, encode_prompts
@@ -52,6 +53,7 @@ class SDTrainConfig:
     steps: int = 20
     batch_size: int = 4
     lr: float = 1e-5
+    lr_warmup_steps: int = 0              # linear warm-up to lr over these steps, then constant
     weight_decay: float = 1e-2
     drop_prompt: float = 0.5
     mixed_precision: str = "no"           # "no", "fp16" or "bf16"
@@ -66,6 +68,24 @@ class SDTrainConfig:
     resume: bool = False
     progress: bool = True
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Refuse a bad value here, before any model is loaded or any folder written."""
+        for name in ("steps", "batch_size", "gradient_accumulation_steps", "checkpoint_every", "validate_every",
+                     "validation_n", "validation_steps", "n_train"):
+            check_number(getattr(self, name), name=name, low=1, integer=True)
+        check_number(self.lr_warmup_steps, name="lr_warmup_steps", low=0, integer=True)
+        check_number(self.lr, name="lr", low=0.0, low_open=True)
+        check_number(self.weight_decay, name="weight_decay", low=0.0)
+        check_number(self.drop_prompt, name="drop_prompt", low=0.0, high=1.0)
+        check_number(self.max_grad_norm, name="max_grad_norm", low=0.0, low_open=True)
+        check_number(self.resolution, name="resolution", low=8, integer=True)
+        if self.resolution % 8:
+            raise ValueError(f"resolution: expected a multiple of 8 (the VAE's factor), got {self.resolution}")
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision: expected 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        if self.preset not in ("tiny", "pretrained"):
+            raise ValueError(f"preset: expected 'tiny' or 'pretrained', got {self.preset!r}")
 
 
 def load_parts(cfg: SDTrainConfig) -> SDParts:
@@ -145,6 +165,28 @@ def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step:
     return {"iou": float(iou.mean()), "iou_per_sample": iou.round(4).tolist()}
 
 
+#: What a resumed run may change: its length, how often it saves and validates, the bar.
+RESUMABLE_CHANGES = ("steps", "resume", "progress", "checkpoint_every", "validate_every")
+
+
+def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
+    """Refuse, before anything loads: a fresh run in a folder that holds one (it would append
+    to its log next to stale checkpoints), and a resume with other settings than the run's."""
+    used = out.is_dir() and (any(out.glob("checkpoint-*")) or (out / "log.jsonl").exists())
+    if used and not cfg.resume:
+        raise FileExistsError(f"{out} holds a training run (checkpoint-* or log.jsonl): pass --resume to continue "
+                              f"it, or choose another --output-dir")
+    saved_path = out / "config.json"
+    if cfg.resume and saved_path.is_file():
+        from .checkpoint import config_diff
+
+        keep = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
+        diff = config_diff(keep(json.loads(saved_path.read_text())), keep(asdict(cfg)))
+        if diff:
+            raise ValueError(f"--resume: {out} was trained with other settings, so it cannot be continued "
+                             f"exactly: " + "; ".join(diff) + ". Use the run's settings or another --output-dir")
+
+
 def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
     """Run (or resume) a training; returns ``{"steps", "losses", "log", "seconds", "output_dir"}``."""
     from accelerate import Accelerator
@@ -152,6 +194,7 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
     from tqdm.auto import tqdm
 
     out = Path(cfg.output_dir)
+    check_run_folder(cfg, out)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       project_dir=str(out))
     set_seed(cfg.seed)
@@ -160,8 +203,9 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
     parts.to(acc.device, weight_dtype).freeze()                        # frozen: half precision is fine
     controlnet = (SDControlNet.from_pretrained(cfg.controlnet) if cfg.controlnet
                   else SDControlNet.from_unet(parts.unet)).float()      # trainable: fp32 master weights
-    if cfg.gradient_checkpointing:
-        controlnet.enable_gradient_checkpointing()
+    if cfg.gradient_checkpointing:  # diffusers' script checkpoints the ControlNet; the frozen UNet's
+        controlnet.enable_gradient_checkpointing()  # decoder is in the backward pass too, so it is
+        parts.unet.enable_gradient_checkpointing()  # checkpointed as well
     controlnet.train()
     opt = torch.optim.AdamW(controlnet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     controlnet, opt = acc.prepare(controlnet, opt)
@@ -180,17 +224,26 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
 
+    # The generator as it was after the last completed step: a Ctrl-C inside a step (after
+    # its random draws) must not shift the draws of the resumed run.
+    g_done = g.get_state()
+
     def checkpoint() -> None:
         folder = out / f"checkpoint-{state['step']}"
         acc.save_state(str(folder))
         if acc.is_main_process:
-            (folder / "train_state.json").write_text(json.dumps({**state, "generator": g.get_state().tolist()}))
+            (folder / "train_state.json").write_text(json.dumps({**state, "generator": g_done.tolist()}))
 
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train ControlNet (SD)",
                disable=not (cfg.progress and acc.is_local_main_process))
+    def lr_at(step: int) -> float:  # a function of the step alone: a resumed run gets the same rates
+        return cfg.lr * min(1.0, (step + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps > 0 else cfg.lr
+
     try:
         while state["step"] < cfg.steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(state["step"])
             micro = []
             for _ in range(cfg.gradient_accumulation_steps):
                 with acc.accumulate(controlnet):
@@ -205,6 +258,7 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
                 micro.append(loss.item())
             state["step"] += 1
             state["losses"].append(sum(micro) / len(micro))
+            g_done = g.get_state()
             bar.update(1)
             bar.set_postfix(loss=f"{state['losses'][-1]:.4f}")
             step = state["step"]
@@ -281,6 +335,8 @@ def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None =
     t = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
     target = torch.randn(z.shape, generator=g).to(device, dtype)
     frozen_bytes = 0
+    if gradient_checkpointing:  # in both settings the whole UNet is checkpointed: like with like
+        unet.enable_gradient_checkpointing()
     if what == "controlnet":
         net = SDControlNet.from_unet(unet).to(device, dtype)
         if gradient_checkpointing:
@@ -291,8 +347,6 @@ def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None =
     else:
         net = None
         unet.requires_grad_(True)
-        if gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
         trainable = list(unet.parameters())
     opt = torch.optim.AdamW(trainable, lr=1e-6)
     cuda = device.type == "cuda"
@@ -326,7 +380,7 @@ def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None =
         memory = torch.cuda.max_memory_allocated() if cuda else frozen_bytes + 4 * trainable_bytes + act
     finally:
         unet.requires_grad_(False)
-        if what == "finetune" and gradient_checkpointing:
+        if gradient_checkpointing:
             unet.disable_gradient_checkpointing()
     return {"what": what, "seconds": sorted(times)[len(times) // 2], "memory_bytes": int(memory),
             "activation_bytes": int(act), "trainable_parameters": sum(p.numel() for p in trainable),

@@ -25,14 +25,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_images
-from .data import CSS_COLORS
+from .data import CSS_WORDS
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
 
 
 def default_vocabulary() -> tuple[str, ...]:
     """Every word of the CSS colour names plus the template words of the prompts."""
-    words = {w for name in CSS_COLORS for w in name.split()} | {"circle", "with", "background"}
+    words = set(CSS_WORDS) | {"circle", "with", "background"}
     return tuple(sorted(words))
 
 

@@ -238,3 +238,60 @@ def test_trainable_copy_unfreezes():
     m = torch.nn.Linear(2, 2).requires_grad_(False)
     c = trainable_copy(m)
     assert all(p.requires_grad for p in c.parameters()) and not any(p.requires_grad for p in m.parameters())
+
+
+def test_a_precomputed_condition_embedding_gives_the_same_residuals():
+    """c_f = E(c) depends on c alone: passing it in (as the sampler does) changes nothing."""
+    base = tiny_base()
+    net = tiny_controlnet(base, seed=3).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # every zero layer non-zero
+        g = torch.Generator().manual_seed(0)
+        x, cond = torch.randn(2, 3, 16, 16, generator=g), torch.rand(2, 3, 16, 16, generator=g)
+        t, ctx = torch.tensor([10, 900]), base.encode_prompts(["red circle with blue background", ""])
+        d, m = net(x, t, ctx, cond)
+        d2, m2 = control_residuals([net], x, t, ctx, [cond], 1.0, condition_features=[net.condition_encoder(cond)])
+        for a, b in zip([*d, m], [*d2, m2]):
+            assert a.abs().max() > 0
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(hint_channels=()), "hint_channels: expected one or more positive integer widths"),
+    (dict(hint_channels=(16, 0)), "hint_channels: expected one or more positive integer widths"),
+    (dict(variant="gaussian", connector_std=float("nan")), "connector_std: expected a finite number > 0"),
+])
+def test_bad_controlnet_options_are_refused(options, message):
+    from cnetlib.controlnet import toy_controlnet
+
+    with pytest.raises(ValueError, match=message):
+        toy_controlnet(tiny_base(), **options)
+
+
+def test_broken_checkpoint_files_name_the_file(tmp_path):
+    base = tiny_base()
+    good = tmp_path / "good.pt"
+    save_checkpoint(base, good)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[:1000])
+    for name, message in (("empty.pt", "the file is empty"), ("garbage.pt", "not a readable checkpoint"),
+                          ("truncated.pt", "not a readable checkpoint")):
+        with pytest.raises(ValueError, match=message) as e:
+            load_checkpoint(tmp_path / name, ToyUNet, UNetConfig)
+        assert name in str(e.value)
+    with torch.no_grad():
+        next(base.parameters()).fill_(float("nan"))
+    save_checkpoint(base, tmp_path / "nan.pt")
+    with pytest.raises(ValueError, match="NaN or infinite weights"):
+        load_checkpoint(tmp_path / "nan.pt", ToyUNet, UNetConfig)
+
+
+def test_base_and_controlnet_swapped_is_named():
+    base = tiny_base()
+    net = tiny_controlnet(base)
+    with pytest.raises(TypeError, match="base: expected the frozen ToyUNet, got ControlNet"):
+        ControlledUNet(net, base)
+    with pytest.raises(TypeError, match=r"controlnets\[0\]: expected a ControlNet, got ToyUNet"):
+        ControlledUNet(base, [base])

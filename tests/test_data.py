@@ -117,3 +117,16 @@ def test_bad_prompt_and_index():
         parse_prompt("a red square")
     with pytest.raises(ValueError, match="index and seed must be >= 0"):
         sample_spec(-1)
+
+
+def test_css_names_come_from_matplotlib_as_words():
+    from matplotlib.colors import CSS4_COLORS, to_rgb
+
+    from cnetlib.data import CSS_WORDS
+
+    assert len(CSS_COLORS) == len(CSS4_COLORS) == 148
+    for name, rgb in CSS_COLORS.items():
+        joined = name.replace(" ", "")
+        assert joined in CSS4_COLORS and set(name.split()) <= CSS_WORDS
+        assert rgb == tuple(round(255 * v) for v in to_rgb(CSS4_COLORS[joined]))
+    assert color_rgb("medium aqua marine") == color_rgb("medium aquamarine") == (102, 205, 170)  # old spelling

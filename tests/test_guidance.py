@@ -63,6 +63,28 @@ def test_both_with_scale_one_is_plain_cfg_of_the_controlled_model():
         torch.testing.assert_close(fn(x, t), ref(x, t))   # float32 defaults: rtol 1.3e-6, atol 1e-5
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_guidance_one_is_the_controlled_model_with_the_prompt(mode):
+    base, nets, x, t, cond, c, u = setup()
+    with torch.no_grad():
+        fn = guided_model_fn(base, [Control(nets[0], cond)], c, u, [500], mode=mode, guidance=1.0)
+        w = connection_weights(mode, base.connections)
+        torch.testing.assert_close(fn(x, t), ControlledUNet(base, nets[0])(x, t, c, cond, connection_scales=w))
+
+
+def test_two_controlnets_in_one_batch_match_two_passes():
+    """The guided fn runs ε_c and ε_uc as one batch of 2B with c_f = E(c) computed once:
+    the same ε as the two passes of the formula, for several ControlNets too."""
+    base, nets, x, t, cond, c, u = setup()
+    cond2 = torch.flip(cond, dims=[-1])
+    model = ControlledUNet(base, nets)
+    with torch.no_grad():
+        fn = guided_model_fn(base, [Control(nets[0], cond, 0.8), Control(nets[1], cond2, 0.5)], c, u, [500],
+                             mode="both", guidance=5.0)
+        eps_c, eps_uc = model(x, t, c, [cond, cond2], [0.8, 0.5]), model(x, t, u, [cond, cond2], [0.8, 0.5])
+        torch.testing.assert_close(fn(x, t), eps_uc + 5.0 * (eps_c - eps_uc))
+
+
 @pytest.mark.parametrize("mode", ["cond_only", "guess", "resolution_weighted"])
 def test_conditional_only_modes_leave_the_unconditional_branch_alone(mode):
     base, nets, x, t, cond, c, u = setup()
@@ -114,3 +136,26 @@ def test_bad_input():
     with pytest.raises(TypeError, match="controls: expected Control"):
         sample(base, ["a"] * 2, ["not a control"])
     assert set(MODES) == {"both", "cond_only", "resolution_weighted", "guess"}
+
+
+def test_bad_sampling_arguments_are_named():
+    base, nets, x, t, cond, c, u = setup()
+    prompts = ["red circle with blue background"] * 2
+    ok = [Control(nets[0], cond)]
+    cases = [
+        (dict(prompts="red circle with blue background"), TypeError, "prompts: expected a list of strings"),
+        (dict(steps=0), ValueError, "steps: expected an integer >= 1"),
+        (dict(guidance=float("nan")), ValueError, "guidance: expected a finite number"),
+        (dict(conditioning_scale=float("inf")), ValueError, "conditioning_scale: expected a finite number"),
+        (dict(control_start=0.8, control_end=0.2), ValueError, "expected start < end"),
+        (dict(control_end=1.5), ValueError, "control_end: expected a number <= 1"),
+        (dict(max_weight=0.0), ValueError, "max_weight: expected a number > 0"),
+        (dict(controls=[Control(nets[0], cond, float("nan"))]), ValueError, r"controls\[0\].scale"),
+        (dict(controls=[Control(nets[0], cond * float("nan"))]), ValueError, "condition: expected finite values"),
+        (dict(controls=[Control(nets[0], cond.numpy())]), TypeError, r"controls\[0\].condition: expected a torch.Tensor"),
+        (dict(controls=[Control(base, cond)]), TypeError, r"controls\[0\].controlnet: expected a ControlNet, got ToyUNet"),
+    ]
+    for kw, error, message in cases:
+        args = {"prompts": prompts, "controls": ok, "steps": 2, **kw}
+        with pytest.raises(error, match=message):
+            sample(base, args.pop("prompts"), args.pop("controls"), **args)

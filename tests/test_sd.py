@@ -224,8 +224,11 @@ def test_sd_training_resumes_exactly_and_costs_are_measured(tmp_path):
     from cnetlib.train_sd import SDTrainConfig, compare_costs, train
 
     kw = dict(preset="tiny", resolution=64, batch_size=2, lr=1e-4, checkpoint_every=2, validate_every=4,
-              validation_n=2, validation_steps=2, progress=False, gradient_accumulation_steps=2)
+              validation_n=2, validation_steps=2, progress=False, gradient_accumulation_steps=2,
+              lr_warmup_steps=3)  # the resume at step 2 lands inside the warm-up
     straight = train(SDTrainConfig(output_dir=str(tmp_path / "a"), steps=4, **kw))
+    no_warmup = train(SDTrainConfig(output_dir=str(tmp_path / "n"), steps=4, **{**kw, "lr_warmup_steps": 0}))
+    assert no_warmup["losses"][0] == straight["losses"][0] and no_warmup["losses"][1:] != straight["losses"][1:]
     train(SDTrainConfig(output_dir=str(tmp_path / "b"), steps=2, **kw))
     resumed = train(SDTrainConfig(output_dir=str(tmp_path / "b"), steps=4, resume=True, **kw))
     assert resumed["losses"] == straight["losses"]
@@ -240,6 +243,10 @@ def test_sd_training_resumes_exactly_and_costs_are_measured(tmp_path):
     assert cost["controlnet"]["trainable_parameters"] < cost["finetune"]["trainable_parameters"]
     assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 0
     assert not any(p.requires_grad for p in parts.unet.parameters())  # the UNet is left frozen
+    gc = compare_costs(parts.unet, batch_size=2, text_tokens=32, repeats=1, gradient_checkpointing=True)
+    for what in ("controlnet", "finetune"):  # checkpointing the whole UNet in both arms saves activations in both
+        assert gc[what]["activation_bytes"] < cost[what]["activation_bytes"]
+    assert not parts.unet.is_gradient_checkpointing                    # and is switched off again
 
 
 def test_benchmark_script_runs_on_the_tiny_preset(capsys):
@@ -313,3 +320,49 @@ def test_train_sd_never_swaps_a_named_model_for_the_tiny_one(tmp_path):
     assert not (out / "controlnet").exists() and not (out / "log.jsonl").exists()   # nothing trained, nothing written
     with pytest.raises(ValueError, match="preset: expected 'tiny' or 'pretrained', got 'small'"):
         load_parts(SDTrainConfig(preset="small"))
+
+
+@pytest.mark.parametrize("options, error, message", [
+    (dict(steps=0), ValueError, "steps: expected an integer >= 1, got 0"),
+    (dict(steps=-1), ValueError, "steps: expected an integer >= 1"),
+    (dict(validate_every=0), ValueError, "validate_every: expected an integer >= 1"),
+    (dict(gradient_accumulation_steps=0), ValueError, "gradient_accumulation_steps: expected an integer >= 1"),
+    (dict(mixed_precision="fp8"), ValueError, "mixed_precision: expected 'no', 'fp16' or 'bf16'"),
+    (dict(resolution=60), ValueError, "resolution: expected a multiple of 8"),
+    (dict(lr=float("nan")), ValueError, "lr: expected a finite number"),
+    (dict(batch_size=2.5), TypeError, "batch_size: expected an integer, got float"),
+])
+def test_bad_training_settings_are_refused_before_anything_loads(options, error, message):
+    from cnetlib.train_sd import SDTrainConfig
+
+    with pytest.raises(error, match=message):
+        SDTrainConfig(**options)
+
+
+def test_a_used_run_folder_needs_resume_and_the_same_settings(tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from cnetlib.train_sd import SDTrainConfig, check_run_folder
+
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    (out / "config.json").write_text(json.dumps(asdict(SDTrainConfig(output_dir=str(out), lr=1e-4))))
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        check_run_folder(SDTrainConfig(output_dir=str(out), lr=1e-4), out)
+    with pytest.raises(ValueError, match="lr: expected 0.0001, given 0.001"):
+        check_run_folder(SDTrainConfig(output_dir=str(out), lr=1e-3, resume=True), out)
+    check_run_folder(SDTrainConfig(output_dir=str(out), lr=1e-4, steps=50, resume=True), out)  # longer: fine
+    check_run_folder(SDTrainConfig(output_dir=str(tmp_path / "new")), tmp_path / "new")       # fresh: fine
+
+
+def test_generate_refuses_sizes_the_vae_cannot_make_and_nan_guidance():
+    from cnetlib.sd import generate
+
+    parts = SDParts.tiny()
+    with pytest.raises(ValueError, match="height: expected a multiple of 8"):
+        generate(parts, ["a"], height=60, steps=1)
+    with pytest.raises(ValueError, match="guidance_scale: expected a finite number"):
+        generate(parts, ["a"], guidance_scale=float("nan"), steps=1)
+    with pytest.raises(ValueError, match="expected start < end"):
+        generate(parts, ["a"], control_start=0.8, control_end=0.2, steps=1)

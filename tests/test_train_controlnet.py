@@ -23,6 +23,32 @@ DATA = Fill50k(64, size=16)
 KW = dict(batch_size=8, lr=1e-3, seed=3, progress=False, checkpoint_every=2)
 
 
+def test_a_ctrl_c_inside_a_step_resumes_without_skipping_its_batch(tmp_path, monkeypatch):
+    import cnetlib.train as train_module
+
+    base, net = fresh()
+    straight = train_controlnet(base, net, DATA, steps=5, **KW)
+    calls = []
+    real = train_module.diffusion_loss
+
+    def interrupt_inside_step_3(*args, **kw):  # step 3 has drawn its batch and prompt drops
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    base, net = fresh()
+    monkeypatch.setattr(train_module, "diffusion_loss", interrupt_inside_step_3)
+    first = train_controlnet(base, net, DATA, steps=5, out_dir=tmp_path, **KW)
+    assert first.interrupted and len(first.losses) == 3
+    monkeypatch.setattr(train_module, "diffusion_loss", real)
+    base, net = fresh()
+    second = train_controlnet(base, net, DATA, steps=5, out_dir=tmp_path, **KW)
+    assert second.resumed_from == 3 and second.losses == straight.losses
+    for a, b in zip(straight.controlnet.state_dict().values(), second.controlnet.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_resume_after_interrupt_gives_bitwise_identical_weights(tmp_path, schedule):
     kw = {**KW, "lr_schedule": schedule}
@@ -97,8 +123,16 @@ def test_probe_on_a_fresh_controlnet_matches_the_base_alone():
 
 def test_bad_arguments():
     base, net = fresh()
-    with pytest.raises(ValueError, match="steps: expected at least 1"):
+    with pytest.raises(ValueError, match="steps: expected an integer >= 1, got 0"):
         train_controlnet(base, net, DATA, steps=0)
+    with pytest.raises(TypeError, match="steps: expected an integer, got float 2.5"):
+        train_controlnet(base, net, DATA, steps=2.5)
+    for name, value in (("batch_size", 0), ("eval_every", 0), ("checkpoint_every", 0), ("sample_every", 0)):
+        with pytest.raises(ValueError, match=f"{name}: expected an integer >= 1, got 0"):
+            train_controlnet(base, net, DATA, steps=2, **{name: value})
+    for lr in (0.0, float("nan"), -1e-3):
+        with pytest.raises(ValueError, match="lr: expected a"):
+            train_controlnet(base, net, DATA, steps=2, lr=lr)
     with pytest.raises(ValueError, match="lr_schedule: expected 'constant' or 'cosine'"):
         train_controlnet(base, net, DATA, steps=2, lr_schedule="linear")
 
@@ -162,3 +196,17 @@ def test_the_cli_prints_a_summary_without_its_long_lists():
     assert out == {"iou_after": 0.9, "jump": {"jump_step": 300}, "per_sample": {"median": 300.0},
                    "placement": {"with_prompt": {"within_1px": 1.0}}}
     json.dumps(out)
+
+
+def test_a_bad_output_path_fails_before_training(tmp_path):
+    from cnetlib.checkpoint import atomic_save_npz, check_writable
+    from cnetlib.experiments.sudden_convergence import run_experiment
+
+    (tmp_path / "summary.json").mkdir()
+    with pytest.raises(IsADirectoryError, match=r"out \(summary.json\): expected a file path"):
+        run_experiment(0, steps=1, out=tmp_path, progress=False)
+    with pytest.raises(IsADirectoryError, match="--out: expected a file path"):
+        check_writable(tmp_path, "--out")
+    path = atomic_save_npz(tmp_path / "a" / "x.npz", k=np.arange(3))
+    assert path.name == "x.npz" and np.load(path)["k"].tolist() == [0, 1, 2]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.npz"]  # no temporary file left behind

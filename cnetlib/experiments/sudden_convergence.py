@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..base import load_or_train_base
-from ..checkpoint import save_checkpoint
+from ..checkpoint import atomic_save_npz, atomic_write_text, check_writable, save_checkpoint
 from ..controlnet import TOY_HINT_CHANNELS, VARIANTS, parameter_counts, toy_controlnet
 from ..convergence import detect_jump, per_sample_jumps, summarize_per_sample
 from ..data import CONDITIONS, Fill50k
@@ -176,16 +176,20 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
     """Train one ControlNet from the shipped base and return the run and its summary."""
     if condition is not None:
         recipe = replace(recipe, condition=condition)
+    if out is not None:  # before training, not after: a run is not thrown away for a bad path
+        for name in ("summary.json", "controlnet.pt", "samples.npz", "state.pt", "log.jsonl"):
+            check_writable(Path(out) / name, f"out ({name})")
     base = load_or_train_base(progress=progress)
     net = toy_controlnet(base, variant, connector_std=connector_std, seed=seed,
                          condition_encoder=recipe.condition_encoder, hint_channels=recipe.hint_channels)
-    steps = steps or recipe.steps
-    lr = lr or recipe.lr
+    steps = recipe.steps if steps is None else steps   # "is None", not "or": 0 is an error, not the default
+    lr = recipe.lr if lr is None else lr
     drop_prompt = recipe.drop_prompt if drop_prompt is None else drop_prompt
-    data = Fill50k(n_train or recipe.n_train, seed=0, condition=recipe.condition)
+    batch_size = recipe.batch_size if batch_size is None else batch_size
+    data = Fill50k(recipe.n_train if n_train is None else n_train, seed=0, condition=recipe.condition)
     probe = FidelityProbe(n=recipe.probe_n, steps=recipe.probe_steps, extra_t=recipe.probe_extra_t,
                           condition=recipe.condition)
-    run = train_controlnet(base, net, data, steps=steps, batch_size=batch_size or recipe.batch_size,
+    run = train_controlnet(base, net, data, steps=steps, batch_size=batch_size,
                            lr=lr, lr_schedule=recipe.lr_schedule, drop_prompt=drop_prompt, seed=seed, probe=probe,
                            eval_every=recipe.eval_every, sample_every=recipe.sample_every,
                            out_dir=out, progress=progress, device=device)
@@ -194,17 +198,17 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
                                 + (f"; run the same command again to resume from {out}/state.pt" if out else ""))
     final = final_evaluation(base, net, recipe, device) if recipe.final_probe_n else None
     summary = {"seed": seed, "variant": variant, "condition": recipe.condition, "lr": lr,
-               "lr_schedule": recipe.lr_schedule, "batch_size": batch_size or recipe.batch_size,
+               "lr_schedule": recipe.lr_schedule, "batch_size": batch_size,
                "n_train": len(data), "drop_prompt": drop_prompt, "steps_asked": steps,
                "parameters": parameter_counts(net), **summarize(run, final=final)}
     if out is not None:
         out = Path(out)
         save_checkpoint(net, out / "controlnet.pt", meta={"summary": summary})
-        np.savez_compressed(out / "samples.npz", **{f"{k}_{step}": v for step, d in run.samples.items()
-                                                    for k, v in d.items()})
+        atomic_save_npz(out / "samples.npz", **{f"{k}_{step}": v for step, d in run.samples.items()
+                                                for k, v in d.items()})
         fig = plot_run(run, f"{variant} ControlNet, seed {seed}, lr {summary['lr']:g}")
         fig.savefig(out / "fidelity.png", dpi=110)
-        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))  # last: it marks a finished run
     return run, summary
 
 

@@ -480,7 +480,7 @@ plt.show()
 # two CPU cores (`python -m cnetlib.experiments.base_levers`, results in
 # `data/base_levers.json`): short runs of equal wall-clock time that change one thing,
 # then the shipped recipe measured along its length and with and without EMA. Every row
-# is scored like section 7, on 56 samples each way. (The short runs were first made by
+# is scored like section 7, on 56 samples each way (112 for the continued rows). (The short runs were first made by
 # an exploration script with the same loop and recipe; the module reruns any of them.)
 
 # %%
@@ -543,18 +543,20 @@ assert min(end["circle_accuracy"], end["background_accuracy"]) >= 0.95
 # that the unconditional model gets real training, and 5,500 steps. Along that run
 # (the EMA snapshots, top rows and figure) the disk IoU with a prompt climbs from 0.81
 # at step 1,000 to 0.95 at step 5,000, and the share of clean disks without a prompt
-# from 0 to more than four in five; both were still rising when we stopped.
+# from 0 to more than four in five; both were still rising, if noisily, when we stopped.
 #
 # One surprise, in the shipped run's raw row: at step 5,500 the **raw** weights draw
 # clean disks without a prompt in nine samples out of ten, where the EMA weights we ship
-# manage about four in five. An EMA with decay 0.999 averages roughly the last 1,000
+# manage about four in five (on 56 and 112 samples: the intervals overlap, so this is a
+# hint, not a result). An EMA with decay 0.999 averages roughly the last 1,000
 # steps, and while the unconditional model is still improving fast that average lags
 # behind. The prompted disks are as good either way.
 #
 # The run had stopped at 5,500 of its schedule's 8,000 steps. Continuing it to the end
 # (the dashed lines, rows "continued to 8,000 (candidate)": about 1 more hour here)
-# meets every target: with the prompt disk IoU 0.96 and both colours right in every
-# sample, without one a clean disk in 92 % of samples (94 % at step 7,500), and the EMA
+# meets every target on these 112 samples: with the prompt disk IoU 0.96 and both
+# colours right in every sample, without one a clean disk in 92 % of samples (94 % at
+# step 7,500; a point estimate, about ±5 points on 112 samples), and the EMA
 # has caught up with the raw weights. The book still loads the 5,500-step EMA base,
 # because every ControlNet of chapters 04–06 was trained on it: moving to the
 # continued base means retraining all of them, which is the next step.

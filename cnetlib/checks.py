@@ -24,6 +24,16 @@ def check_number(value, *, name: str, low: float | None = None, high: float | No
     return value
 
 
+def check_control_window(start, end) -> None:
+    """``0 <= control_start < control_end <= 1``: the fraction of sampling steps with control
+    (diffusers' control_guidance_start/end). An empty window is refused, as diffusers does."""
+    check_number(start, name="control_start", low=0.0, high=1.0)
+    check_number(end, name="control_end", low=0.0, high=1.0)
+    if start >= end:
+        raise ValueError(f"control_start, control_end: expected start < end (the window of steps with control), "
+                         f"got {start} >= {end}: no step would be controlled")
+
+
 def check_prompts(prompts, *, name: str = "prompts") -> list[str]:
     """A list of strings (one per image): a single string is refused, not split into characters."""
     if isinstance(prompts, str):

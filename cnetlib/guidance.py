@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checks import check_number, check_prompts
+from .checks import check_control_window, check_number, check_prompts
 from .controlnet import ControlNet, control_residuals
 from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample, make_schedule
 from .unet import Connection, ToyUNet
@@ -142,11 +142,7 @@ def guided_model_fn(
     check_number(guidance, name="guidance")
     check_number(conditioning_scale, name="conditioning_scale")
     check_number(max_weight, name="max_weight", low=0.0, low_open=True)
-    check_number(control_start, name="control_start", low=0.0, high=1.0)
-    check_number(control_end, name="control_end", low=0.0, high=1.0)
-    if control_start >= control_end:
-        raise ValueError(f"control_start, control_end: expected start < end (the window of steps with control), "
-                         f"got {control_start} >= {control_end}: no step would be controlled")
+    check_control_window(control_start, control_end)
     for k, c in enumerate(controls):
         check_number(c.scale, name=f"controls[{k}].scale")
     nets = [c.controlnet for c in controls]

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checks import check_images, check_number
+from .checks import check_control_window, check_images, check_number
 from .controlnet import ConditionEncoder, trainable_copy, zero_conv
 from .guidance import Control, check_mode, connection_weights, control_active
 from .runtime import env_flag, require_extra
@@ -697,11 +697,7 @@ def generate(
     check_number(steps, name="steps", low=1, integer=True)
     for name, value in (("guidance_scale", guidance_scale), ("conditioning_scale", conditioning_scale)):
         check_number(value, name=name)   # NaN would silently turn guidance off
-    check_number(control_start, name="control_start", low=0.0, high=1.0)
-    check_number(control_end, name="control_end", low=0.0, high=1.0)
-    if control_start >= control_end:
-        raise ValueError(f"control_start, control_end: expected start < end (the window of steps with control), "
-                         f"got {control_start} >= {control_end}: no step would be controlled")
+    check_control_window(control_start, control_end)
     controls = [Control(c.controlnet, prepare_condition(c.condition, height, width, b, device, dtype), c.scale)
                 for c in _as_controls(controls)]
     cfg = guidance_scale > 1.0

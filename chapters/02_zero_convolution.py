@@ -170,7 +170,7 @@ assert {r["group"]: r["grad_norm"] for r in rows_wd}[GROUPS[3]] == 0.0
 from cnetlib.probes import connector_rms, copy_drift
 from cnetlib.train import train_controlnet
 
-steps = pick(300, 15)
+steps, lr = pick(300, 15), 3e-3
 train_data = Fill50k(pick(5000, 500), seed=0)
 net = toy_controlnet(base)
 rms, drift_zero = [connector_rms(net)], [copy_drift(net, base)]
@@ -181,7 +181,7 @@ def record(step, cn):
     drift_zero.append(copy_drift(cn, base))
 
 
-run = train_controlnet(base, net, train_data, steps=steps, batch_size=32, lr=3e-3, drop_prompt=0.5, seed=0,
+run = train_controlnet(base, net, train_data, steps=steps, batch_size=32, lr=lr, drop_prompt=0.5, seed=0,
                        on_step=record)
 rms = np.array(rms)
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
@@ -192,7 +192,6 @@ ax.set(xlabel="optimiser step", ylabel="RMS of the connector's weights",
 ax.legend(fontsize=7, ncol=2)
 save_figure(fig, "02_zero_conv_norms")
 plt.show()
-lr = 3e-3
 print(f"{run.seconds:.0f} s; RMS at step 0: {rms[0].max():g}, after 1 step: {rms[1].min():.3g}…{rms[1].max():.3g} "
       f"(lr = {lr:g}), at the end: {rms[-1].min():.3g}…{rms[-1].max():.3g}")
 assert rms[0].max() == 0.0 and rms[1].min() > 0                 # zero, then moving after one step

@@ -433,9 +433,7 @@ class ControlledUNet(nn.Module):
         super().__init__()
         if not isinstance(base, ToyUNet):
             raise TypeError(f"base: expected the frozen ToyUNet, got {type(base).__name__}")
-        if isinstance(controlnets, nn.Module) and not isinstance(controlnets, (ControlNet, nn.ModuleList)):
-            controlnets = [controlnets]  # named in the check below
-        nets = [controlnets] if isinstance(controlnets, ControlNet) else list(controlnets)
+        nets = list(controlnets) if isinstance(controlnets, (list, tuple, nn.ModuleList)) else [controlnets]
         if not nets:
             raise ValueError("controlnets: expected at least one ControlNet, got none")
         for k, net in enumerate(nets):

@@ -218,4 +218,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .checks import cli_errors
+
+    with cli_errors("python -m cnetlib.base"):
+        main()

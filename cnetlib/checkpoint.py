@@ -74,11 +74,18 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def save_checkpoint(model: nn.Module, path: str | Path, *, meta: dict | None = None) -> Path:
     """Save ``model.state_dict()``, ``model.config.to_dict()`` and free-form ``meta``."""
+    check_writable(path, "path")
     return atomic_save(
         {"format": FORMAT, "kind": type(model).__name__, "config": model.config.to_dict(),
          "state_dict": model.state_dict(), "meta": meta or {}},
         path,
     )
+
+
+def error_line(e: BaseException) -> str:
+    """``"Type: first line of the message"`` (at most 120 characters; some errors have no message)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:120] if lines else ''}".rstrip(": ")
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -91,7 +98,7 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated, garbage, or another program's file: say which file, not only why
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+        raise ValueError(f"{path}: not a readable checkpoint ({error_line(e)}); "
                          f"it may be truncated or not a cnetlib checkpoint: regenerate it") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: expected a {FORMAT} checkpoint, got {type(ckpt).__name__} "

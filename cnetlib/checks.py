@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Sequence
 
@@ -83,3 +85,19 @@ def check_images(
         xmin, xmax = float(x.min()), float(x.max())
         if xmin < lo - tol or xmax > hi + tol:
             raise ValueError(f"{name}: expected values in [{lo}, {hi}], got values in [{xmin:.3g}, {xmax:.3g}]")
+
+
+@contextmanager
+def cli_errors(prog: str):
+    """Around a command line's ``main()``: a bad value (ValueError, TypeError, OSError, all
+    raised with the argument's name) ends the program with its message and exit status 2,
+    not a traceback. ``CNETLIB_TRACEBACK=1`` shows the traceback (for bug reports)."""
+    from .runtime import env_flag
+
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as e:
+        if env_flag("CNETLIB_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checks import check_images
+from .checks import check_images, check_number
 from .unet import Connection, ToyUNet, UNetConfig, _broadcast_t, count_parameters, timestep_embedding
 
 CONDITION_ENCODERS = ("paper", "reference")
@@ -309,13 +309,24 @@ class ControlNet(nn.Module):
             warnings.warn(f"ControlNet was copied from base weights {fp}, attached to {base._fingerprint}: "
                           "same layout, other weights", stacklevel=3)
 
-    def check_condition(self, condition: torch.Tensor, x: torch.Tensor) -> None:
+    def check_condition(self, condition: torch.Tensor, x: torch.Tensor | None = None, name: str = "condition") -> None:
+        """``condition`` is a control image this ControlNet reads: (B, C, H, W) floats in [0, 1],
+        ``scale`` times the size of ``x`` (without ``x``: a size the base can take, times ``scale``)."""
         c, s, _ = self.condition_shape
         scale = self.config.condition_size // self.config.base_config.image_size
-        want = (x.shape[-2] * scale, x.shape[-1] * scale)
-        check_images(condition, name="condition", channels=c, size=want, value_range=(0.0, 1.0))
-        if condition.shape[0] != x.shape[0]:
-            raise ValueError(f"condition: expected batch {x.shape[0]} (one per image), got {condition.shape[0]}")
+        want = None if x is None else (x.shape[-2] * scale, x.shape[-1] * scale)
+        check_images(condition, name=name, channels=c, size=want, value_range=(0.0, 1.0))
+        if x is None:
+            multiple = scale * 2 ** (len(self.config.base_config.channels) - 1)
+            if condition.shape[-2] % multiple or condition.shape[-1] % multiple:
+                raise ValueError(f"{name}: expected height and width multiples of {multiple} ({scale}x the base's "
+                                 f"input, which must divide by {multiple // scale}), got {tuple(condition.shape[-2:])}")
+        elif condition.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: expected batch {x.shape[0]} (one per image), got {condition.shape[0]}")
+        dtype = next(self.parameters()).dtype
+        if condition.dtype != dtype:
+            raise TypeError(f"{name}: expected dtype {dtype} (the ControlNet's), got {condition.dtype}; "
+                            f"convert it with .to({dtype})")
 
     # ---- forward -----------------------------------------------------------------------
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -358,8 +369,11 @@ def toy_controlnet(base: ToyUNet, variant: str = "zero", *, connector_std: float
     """The book's toy ControlNet for ``base``: ``variant`` ``"zero"`` (the paper), ``"gaussian"``
     (Gaussian-initialised connectors, std ``connector_std``) or ``"lite"`` (ControlNet-lite).
     ``seed`` fixes the condition encoder's random initialisation."""
+    if not isinstance(base, ToyUNet):
+        raise TypeError(f"base: expected the ToyUNet to copy, got {type(base).__name__}")
     if variant not in VARIANTS:
         raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+    check_number(seed, name="seed", integer=True)
     torch.manual_seed(seed)
     return ControlNet.from_unet(base, condition_encoder=condition_encoder, hint_channels=hint_channels,
                                 connector="gaussian" if variant == "gaussian" else "zero", connector_std=connector_std,

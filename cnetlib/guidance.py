@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checks import check_control_window, check_number, check_prompts
+from .checks import check_control_window, check_images, check_number, check_prompts
 from .controlnet import ControlNet, control_residuals
 from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample, make_schedule
 from .unet import Connection, ToyUNet
@@ -115,6 +115,7 @@ def check_controls(base: ToyUNet, controls: Sequence[Control], batch: int) -> No
         c.controlnet.check_base(base)
         if c.condition.ndim != 4 or c.condition.shape[0] != batch:
             raise ValueError(f"controls[{k}].condition: expected shape ({batch}, C, H, W), got {tuple(c.condition.shape)}")
+        c.controlnet.check_condition(c.condition, name=f"controls[{k}].condition")
         sizes.add(tuple(c.condition.shape[-2:]))
     if len(sizes) > 1:
         raise ValueError(f"controls: expected conditions of one size, got sizes {sorted(sizes)}")
@@ -209,6 +210,7 @@ def sample(
     """
     prompts = check_prompts(prompts)
     check_number(steps, name="steps", low=1, integer=True)
+    check_number(seed, name="seed", integer=True)
     controls = _as_controls(controls)
     check_controls(base, controls, len(prompts))
     device = next(base.parameters()).device
@@ -219,6 +221,10 @@ def sample(
     if controls:
         scale = controls[0].controlnet.config.condition_size // cfg.image_size
         shape = shape[:2] + (controls[0].condition.shape[-2] // scale, controls[0].condition.shape[-1] // scale)
+    if x_T is not None:  # the starting noise: one image per prompt, of the size the conditions make
+        check_images(x_T, name="x_T", channels=shape[1], size=shape[2:])
+        if x_T.shape[0] != shape[0]:
+            raise ValueError(f"x_T: expected batch {shape[0]} (one per prompt), got {x_T.shape[0]}")
     c_cond = base.encode_prompts(list(prompts))
     c_uncond = base.encode_prompts([""] * len(prompts))
     if sampler == "ddim":

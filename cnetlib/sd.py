@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checks import check_control_window, check_images, check_number
+from .checks import check_control_window, check_images, check_number, check_prompts
 from .controlnet import ConditionEncoder, trainable_copy, zero_conv
 from .guidance import Control, check_mode, connection_weights, control_active
 from .runtime import env_flag, require_extra
@@ -196,6 +196,10 @@ class SDControlNet(nn.Module):
         The ControlNet is float32 whatever the UNet's dtype: trainable weights stay in fp32
         (chapter 08); call ``.to(dtype)`` for half-precision inference.
         """
+        if not all(hasattr(unet, part) for part in ("config", "conv_in", "time_embedding", "down_blocks", "mid_block")):
+            raise TypeError(f"unet: expected a diffusers UNet2DConditionModel, got {type(unet).__name__}"
+                            + (" (the toy's ControlNet is cnetlib.controlnet.toy_controlnet)"
+                               if type(unet).__name__ == "ToyUNet" else ""))
         net = cls(controlnet_config(dict(unet.config), conditioning_channels, conditioning_embedding_out_channels))
         for part in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
             setattr(net, part, trainable_copy(getattr(unet, part)).float())
@@ -248,13 +252,21 @@ class SDControlNet(nn.Module):
             checkpoint = _load_state_dict(Path(checkpoint))
         checkpoint = checkpoint.get("state_dict", checkpoint)
         net = cls(controlnet_config(unet_config or SD15_UNET_CONFIG))
-        mapped = {}
+        mapped, foreign = {}, []
         for k, v in checkpoint.items():
             if k.startswith("control_model."):
                 k = k[len("control_model."):]
             elif any(k.startswith(p) for p in ("model.", "first_stage_model.", "cond_stage_model.")):
                 continue  # the frozen SD weights that share a full checkpoint
-            mapped[from_original_key(k, net)] = v
+            try:
+                mapped[from_original_key(k, net)] = v
+            except KeyError:
+                foreign.append(k)
+        if foreign or not mapped:
+            raise ValueError(f"checkpoint: expected the authors' ControlNet layout (keys control_model.input_blocks…, "
+                             f"zero_convs…, input_hint_block…), got {len(foreign)} key(s) it does not have "
+                             f"({', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''})"
+                             + ("" if mapped else " and none of its own"))
         missing, unexpected = net.load_state_dict(mapped, strict=False)
         if missing or unexpected:
             raise ValueError(f"original checkpoint does not fit the config: missing {missing[:5]}, "
@@ -445,13 +457,22 @@ def _rename(rest: str, reverse: bool = False) -> str:
 
 
 def _load_state_dict(path: Path) -> dict:
+    from .checkpoint import error_line
+
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, garbage, or pickled objects beyond tensors
+        raise ValueError(f"{path}: not a readable state dict ({error_line(e)}); expected a .pth/.ckpt of tensors "
+                         f"or a .safetensors file, as the authors publish them") from e
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path}: expected a state dict (a dict of tensors), got {type(sd).__name__}")
+    return sd
 
 
 # ----------------------------------------------------------------------------------
@@ -629,7 +650,14 @@ def prepare_condition(image, height: int, width: int, batch: int, device, dtype)
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
     else:
+        if isinstance(image, np.ndarray) and image.dtype.kind == "f":  # floats in [0, 1], as diffusers takes them
+            image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+            image = image.movedim(-1, -3) if image.shape[-1] in (1, 3) else image
+            return prepare_condition(image, height, width, batch, device, dtype)
         if isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"control image: expected a uint8 array (H, W, 3) or floats in [0, 1], got "
+                                 f"{image.dtype} of shape {image.shape}")
             image = Image.fromarray(image)
         if not isinstance(image, Image.Image):
             raise TypeError(f"control image: expected a PIL image, a uint8 array or a tensor, got {type(image).__name__}")
@@ -638,6 +666,9 @@ def prepare_condition(image, height: int, width: int, batch: int, device, dtype)
             image = image.resize((width, height), Image.LANCZOS)
         x = torch.from_numpy(np.array(image).astype(np.float32) / 255.0).permute(2, 0, 1)[None]
     check_images(x, name="control image", channels=3, size=(height, width), value_range=(0.0, 1.0))
+    if x.shape[0] not in (1, batch):
+        raise ValueError(f"control image: expected {'1 image' if batch == 1 else f'1 image or {batch}'} "
+                         f"(one per prompt), got {x.shape[0]}")
     if x.shape[0] == 1:
         x = x.repeat(batch, 1, 1, 1)
     return x.to(device=device, dtype=dtype)
@@ -685,7 +716,12 @@ def generate(
     from .guidance import _as_controls
 
     check_mode(mode)
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
+    if not isinstance(negative_prompt, str):
+        raise TypeError(f"negative_prompt: expected a string (\"\" for none), got {type(negative_prompt).__name__}")
+    if output not in ("image", "latent"):
+        raise ValueError(f"output: expected 'image' or 'latent', got {output!r}")
+    check_number(seed, name="seed", integer=True)
     b, device, dtype = len(prompts), parts.device, parts.dtype
     vsf = parts.vae_scale_factor
     height = parts.unet.config.sample_size * vsf if height is None else height
@@ -698,8 +734,14 @@ def generate(
     for name, value in (("guidance_scale", guidance_scale), ("conditioning_scale", conditioning_scale)):
         check_number(value, name=name)   # NaN would silently turn guidance off
     check_control_window(control_start, control_end)
+    controls = _as_controls(controls)
+    for k, c in enumerate(controls):
+        if not isinstance(c.controlnet, SDControlNet):
+            raise TypeError(f"controls[{k}].controlnet: expected an SDControlNet (SDControlNet.from_unet, "
+                            f"from_pretrained or from_original), got {type(c.controlnet).__name__}")
+        check_number(c.scale, name=f"controls[{k}].scale")
     controls = [Control(c.controlnet, prepare_condition(c.condition, height, width, b, device, dtype), c.scale)
-                for c in _as_controls(controls)]
+                for c in controls]
     cfg = guidance_scale > 1.0
     cond = encode_prompts(parts, prompts)
     embeds = torch.cat([encode_prompts(parts, [negative_prompt] * b), cond]) if cfg else cond
@@ -772,7 +814,7 @@ def annotate(image, kind: str = "canny", **options):
     from PIL import Image
 
     if kind not in ANNOTATORS:
-        raise ValueError(f"annotator: expected one of {ANNOTATORS}, got {kind!r}")
+        raise ValueError(f"kind: expected one of the annotators {ANNOTATORS}, got {kind!r}")
     require_extra(f"annotate({kind!r})", ("controlnet_aux",))
     if isinstance(image, np.ndarray):
         image = Image.fromarray(image)

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -40,7 +41,7 @@ class TrainResult:
 def drop_prompts(prompts: list[str], p: float, generator: torch.Generator) -> list[str]:
     """Replace each prompt by ``""`` with probability ``p`` (the paper drops 50 % for ControlNet)."""
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"drop probability: expected a value in [0, 1], got {p}")
+        raise ValueError(f"drop_prompt: expected a probability in [0, 1], got {p}")
     keep = torch.rand(len(prompts), generator=generator) >= p
     return [q if k else "" for q, k in zip(prompts, keep.tolist())]
 
@@ -60,13 +61,32 @@ def warmup_cosine(step: int, steps: int, warmup: int, floor: float = 0.1) -> flo
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * u))
 
 
+def data_fingerprint(data) -> str:
+    """A hash of a dataset's images and prompts: a run is resumed only on the data it started
+    on (another dataset of the same length would pass a length check)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for name in ("sources", "targets"):
+        h.update(np.ascontiguousarray(getattr(data, name)).tobytes())
+    h.update("\n".join(data.prompts).encode())
+    return h.hexdigest()[:16]
+
+
 def load_resumable_state(state_path, settings: dict, remedy: str) -> dict:
     """The training state saved at ``state_path``, if it was written with these ``settings``;
     otherwise a ValueError naming each difference and ``remedy`` (nothing is changed)."""
-    from .checkpoint import config_diff
+    from .checkpoint import config_diff, error_line
 
-    state = torch.load(state_path, map_location="cpu", weights_only=False)
-    diff = config_diff(state.get("settings", {}), settings)
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated or foreign file: name it and say what to do
+        raise ValueError(f"{state_path}: not a readable training state ({error_line(e)}); delete it to start "
+                         f"afresh, or use another out_dir") from e
+    saved = state.get("settings", {})
+    if "data" not in saved:  # written before runs recorded their data's fingerprint
+        settings = {k: v for k, v in settings.items() if k != "data"}
+    diff = config_diff(saved, settings)
     if diff:
         raise ValueError(f"{state_path} was written by a run with other settings, so it cannot be resumed "
                          f"(nothing was changed; {remedy}): " + "; ".join(diff))
@@ -118,6 +138,13 @@ def train_denoiser(
     check_number(steps, name="steps", low=1, integer=True)
     check_number(batch_size, name="batch_size", low=1, integer=True)
     check_number(lr, name="lr", low=0.0, low_open=True)
+    check_number(warmup, name="warmup", low=0, integer=True)
+    check_number(drop_prompt, name="drop_prompt", low=0.0, high=1.0)
+    check_number(ema_decay, name="ema_decay", low=0.0, high=1.0)
+    check_number(seed, name="seed", integer=True)
+    check_number(checkpoint_every, name="checkpoint_every", low=1, integer=True)
+    if snapshot_every is not None:
+        check_number(snapshot_every, name="snapshot_every", low=1, integer=True)
     end = steps if stop_at is None else stop_at
     if not 1 <= end <= steps:
         raise ValueError(f"stop_at: expected a step in 1..steps={steps}, got {stop_at}")
@@ -131,9 +158,11 @@ def train_denoiser(
     ema = copy.deepcopy(model).requires_grad_(False)
     result = TrainResult(ema, raw=model)
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "warmup": warmup, "drop_prompt": drop_prompt,
-                "ema_decay": ema_decay, "seed": seed, "n_data": len(data), "weighting": weighting,
-                "config": cfg.to_dict()}
+                "ema_decay": ema_decay, "seed": seed, "n_data": len(data), "data": data_fingerprint(data),
+                "weighting": weighting, "config": cfg.to_dict()}
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir: expected a folder for the training state, got the file {out}")
     state_path = out / "state.pt" if out else None
     if state_path is not None and state_path.is_file():
         state = load_resumable_state(state_path, settings, "use another out_dir or delete it")
@@ -268,17 +297,23 @@ def train_controlnet(
     check_number(checkpoint_every, name="checkpoint_every", low=1, integer=True)
     if sample_every is not None:
         check_number(sample_every, name="sample_every", low=1, integer=True)
+    check_number(weight_decay, name="weight_decay", low=0.0)
+    if max_grad_norm is not None:  # None: no clipping; 0 would zero every gradient
+        check_number(max_grad_norm, name="max_grad_norm", low=0.0, low_open=True)
+    check_number(seed, name="seed", integer=True)
+    if not all(hasattr(data, a) for a in ("sources", "targets", "prompts")):
+        raise TypeError(f"data: expected a Fill50k or Fill50kFolder dataset, got {type(data).__name__}")
     if len(data) < 1:
         raise ValueError("data: expected at least one training pair, got an empty dataset")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
-    if not 0.0 <= drop_prompt <= 1.0:
-        raise ValueError(f"drop_prompt: expected a value in [0, 1], got {drop_prompt}")
+    check_number(drop_prompt, name="drop_prompt", low=0.0, high=1.0)
     sample_every = sample_every or eval_every
     # What a resumed run must share with the run that wrote state.pt to continue it exactly.
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                 "max_grad_norm": max_grad_norm, "lr_schedule": lr_schedule, "drop_prompt": drop_prompt,
-                "seed": seed, "n_data": len(data), "eval_every": eval_every, "sample_every": sample_every}
+                "seed": seed, "n_data": len(data), "data": data_fingerprint(data), "eval_every": eval_every,
+                "sample_every": sample_every}
     if is_dataclass(getattr(controlnet, "config", None)):
         settings.update({f"controlnet.{k}": v for k, v in asdict(controlnet.config).items()})
 
@@ -296,6 +331,8 @@ def train_controlnet(
     out = Path(out_dir) if out_dir is not None else None
     state_path = out / "state.pt" if out else None
     if out:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"out_dir: expected a folder for the run's log and state, got the file {out}")
         out.mkdir(parents=True, exist_ok=True)
     if state_path is not None and resume and state_path.is_file():
         state = load_resumable_state(state_path, settings, "use another out_dir or resume=False")

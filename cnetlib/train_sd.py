@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+import sys
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import atomic_write_text
 from .checks import check_number
 from .data import FULL_PALETTE, LazyPairs
 from .runtime import require_extra
@@ -86,20 +91,18 @@ class SDTrainConfig:
             raise ValueError(f"mixed_precision: expected 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
         if self.preset not in ("tiny", "pretrained"):
             raise ValueError(f"preset: expected 'tiny' or 'pretrained', got {self.preset!r}")
+        if self.preset == "tiny" and self.model is not None:  # never a silent tiny run on a named model
+            raise ValueError(f"model: {self.model!r} names weights to train on, but preset 'tiny' trains SD-shaped "
+                             "random weights; pass --preset pretrained to use the model, or drop --model for a tiny run")
 
 
 def load_parts(cfg: SDTrainConfig) -> SDParts:
     """The frozen SD components of a run: the tiny random preset, or the weights ``cfg.model`` names.
 
-    Naming a model with the tiny preset is an error, never a silent tiny run; a model that
+    Naming a model with the tiny preset is refused by :class:`SDTrainConfig`; a model that
     does not load is an error that says why (:func:`cnetlib.sd.load_failure`).
     """
-    if cfg.preset not in ("tiny", "pretrained"):
-        raise ValueError(f"preset: expected 'tiny' or 'pretrained', got {cfg.preset!r}")
     if cfg.preset == "tiny":
-        if cfg.model is not None:
-            raise ValueError(f"model: {cfg.model!r} names weights to train on, but preset 'tiny' trains SD-shaped "
-                             "random weights; pass --preset pretrained to use the model, or drop --model for a tiny run")
         return SDParts.tiny(cfg.seed)
     return SDParts.from_pretrained(cfg.model or SD15_ID)
 
@@ -169,9 +172,21 @@ def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step:
 RESUMABLE_CHANGES = ("steps", "resume", "progress", "checkpoint_every", "validate_every")
 
 
+def latest_checkpoint(out: Path) -> Path:
+    """The newest complete ``checkpoint-N`` folder of a run (one with its ``train_state.json``)."""
+    ckpts = [p for p in out.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)]
+    complete = [p for p in ckpts if (p / "train_state.json").is_file()]
+    if not complete:
+        raise FileNotFoundError(f"--resume: no complete checkpoint-N folder in {out}"
+                                + (f" ({len(ckpts)} incomplete: delete them)" if ckpts else ""))
+    return max(complete, key=lambda p: int(p.name.split("-")[1]))
+
+
 def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
     """Refuse, before anything loads: a fresh run in a folder that holds one (it would append
     to its log next to stale checkpoints), and a resume with other settings than the run's."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output_dir: expected a folder for the run, got the file {out}")
     used = out.is_dir() and (any(out.glob("checkpoint-*")) or (out / "log.jsonl").exists())
     if used and not cfg.resume:
         raise FileExistsError(f"{out} holds a training run (checkpoint-* or log.jsonl): pass --resume to continue "
@@ -211,28 +226,40 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
     controlnet, opt = acc.prepare(controlnet, opt)
     data = make_dataset(cfg)
     g = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "losses": [], "log": []}
+    state = {"step": 0, "losses": [], "log": [], "data": data.fingerprint()}
     if cfg.resume:
-        ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        if not ckpts:
-            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {out}")
-        acc.load_state(str(ckpts[-1]))
-        saved = json.loads((ckpts[-1] / "train_state.json").read_text())
+        ckpt = latest_checkpoint(out)
+        saved = json.loads((ckpt / "train_state.json").read_text())
+        if saved.get("data", state["data"]) != state["data"]:
+            raise ValueError(f"--resume: data: {ckpt} was trained on other data than {cfg.data or 'the generated pairs'} "
+                             f"holds now (fingerprint {saved['data']} vs {state['data']}); resume on the run's data, "
+                             f"or choose another --output-dir")
+        acc.load_state(str(ckpt))
         g.set_state(torch.tensor(saved.pop("generator"), dtype=torch.uint8))
         state.update(saved)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
+        # the log as of the checkpoint: rows a crash left after it are written again by this run
+        atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["log"]))
 
     # The generator as it was after the last completed step: a Ctrl-C inside a step (after
     # its random draws) must not shift the draws of the resumed run.
     g_done = g.get_state()
 
     def checkpoint() -> None:
-        folder = out / f"checkpoint-{state['step']}"
-        acc.save_state(str(folder))
+        # Written under a temporary name and renamed when complete (train_state.json last), so a
+        # crash mid-save leaves no checkpoint-N that --resume would pick up half-written.
+        folder, partial = out / f"checkpoint-{state['step']}", out / f".checkpoint-{state['step']}.partial"
         if acc.is_main_process:
-            (folder / "train_state.json").write_text(json.dumps({**state, "generator": g_done.tolist()}))
+            shutil.rmtree(partial, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(partial))
+        if acc.is_main_process:
+            (partial / "train_state.json").write_text(json.dumps({**state, "generator": g_done.tolist()}))
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(partial, folder)
+        acc.wait_for_everyone()
 
     start = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train ControlNet (SD)",
@@ -413,7 +440,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = SDTrainConfig(**a)
     if no_progress:
         cfg.progress = False
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:
+        print(f"interrupted: the checkpoint is in {cfg.output_dir}; run the same command with --resume to continue",
+              file=sys.stderr)
+        raise SystemExit(130) from None
     print(json.dumps({"steps": result["step"], "final_loss": result["losses"][-1] if result["losses"] else None,
                       "seconds": round(result["seconds"], 1), "output_dir": result["output_dir"],
                       "last_validation": {k: v for k, v in (result["log"][-1] if result["log"] else {}).items()
@@ -421,4 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .checks import cli_errors
+
+    with cli_errors("python -m cnetlib.train_sd"):
+        main()

@@ -91,6 +91,11 @@ class UNetConfig:
         if len(self.attention_levels) != len(self.channels):
             raise ValueError(f"attention_levels: expected {len(self.channels)} flags (one per level), "
                              f"got {len(self.attention_levels)}")
+        from .diffusion import PREDICTIONS, SCHEDULES
+
+        for name, value, allowed in (("prediction", self.prediction, PREDICTIONS), ("schedule", self.schedule, SCHEDULES)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
         factor = 2 ** (len(self.channels) - 1)
         if self.image_size % factor:
             raise ValueError(f"image_size: expected a multiple of {factor} for {len(self.channels)} levels, "

@@ -186,7 +186,7 @@ def test_annotators_canny_offline_and_a_clear_error_for_the_others():
     assert edges.shape[:2] == (64, 64) and edges.max() == 255 and (edges > 0).mean() < 0.3
     with pytest.raises(RuntimeError, match="needs the weights of 'lllyasviel/Annotators'.*'canny' works offline"):
         annotate(img, "hed")
-    with pytest.raises(ValueError, match="annotator: expected one of"):
+    with pytest.raises(ValueError, match="kind: expected one of the annotators"):
         annotate(img, "sketchify")
     with pytest.raises(ValueError, match="image: expected at least 64 px on each side.*got 32x48"):
         annotate(np.zeros((48, 32, 3), np.uint8), "canny")
@@ -236,7 +236,7 @@ def test_sd_training_resumes_exactly_and_costs_are_measured(tmp_path):
         assert torch.equal(a, b)
     assert (tmp_path / "a" / "controlnet" / "config.json").is_file() and straight["log"][-1]["step"] == 4
     assert 0 <= straight["log"][-1]["iou"] <= 1
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint-N folder"):
         train(SDTrainConfig(output_dir=str(tmp_path / "c"), steps=2, resume=True, **kw))
     parts = SDParts.tiny()
     cost = compare_costs(parts.unet, batch_size=2, text_tokens=32, repeats=1)

@@ -32,7 +32,7 @@ def test_drop_prompts_rate_and_range():
     out = drop_prompts(["x"] * 4000, 0.5, g)
     assert 0.45 < out.count("") / 4000 < 0.55
     assert drop_prompts(["x"] * 10, 0.0, g) == ["x"] * 10 and drop_prompts(["x"] * 10, 1.0, g) == [""] * 10
-    with pytest.raises(ValueError, match=r"expected a value in \[0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"drop_prompt: expected a probability in \[0, 1\], got 1.5"):
         drop_prompts(["x"], 1.5, g)
 
 

@@ -144,4 +144,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..checks import cli_errors
+
+    with cli_errors("python -m cnetlib.experiments.base_levers"):
+        main()

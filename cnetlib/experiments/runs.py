@@ -311,6 +311,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise SystemExit(f"run: expected one of {sorted(RUNS)} or an arm of {sorted(ARMS)}, got {name!r}")
     for name in names:
+        # Regenerating: the shipped summary goes (run_experiment refuses a finished run's folder);
+        # an interrupted regeneration left state.pt there, and this run resumes from it.
+        (SHIPPED / name / "summary.json").unlink(missing_ok=True)
         try:
             _, summary = run_experiment(out=SHIPPED / name, progress=True, device=a.device, **RUNS[name])
         except KeyboardInterrupt as e:
@@ -322,4 +325,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ..checks import cli_errors
+
+    with cli_errors("python -m cnetlib.experiments.runs"):
+        main()

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ..base import load_or_train_base
+from ..checks import check_number
 from ..checkpoint import atomic_save_npz, atomic_write_text, check_writable, save_checkpoint
 from ..controlnet import TOY_HINT_CHANNELS, VARIANTS, parameter_counts, toy_controlnet
 from ..convergence import detect_jump, per_sample_jumps, summarize_per_sample
@@ -177,8 +178,18 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
     if condition is not None:
         recipe = replace(recipe, condition=condition)
     if out is not None:  # before training, not after: a run is not thrown away for a bad path
+        if (Path(out) / "summary.json").is_file():
+            raise FileExistsError(f"out: {out} holds a finished run (summary.json): read it with "
+                                  f"cnetlib.experiments.runs.load_run, or choose another --out")
         for name in ("summary.json", "controlnet.pt", "samples.npz", "state.pt", "log.jsonl"):
             check_writable(Path(out) / name, f"out ({name})")
+    for name, value, low in (("steps", steps, 1), ("n_train", n_train, 1), ("batch_size", batch_size, 1)):
+        if value is not None:  # checked here, before the base loads: the CLI answers at once
+            check_number(value, name=name, low=low, integer=True)
+    if lr is not None:
+        check_number(lr, name="lr", low=0.0, low_open=True)
+    if drop_prompt is not None:
+        check_number(drop_prompt, name="drop_prompt", low=0.0, high=1.0)
     base = load_or_train_base(progress=progress)
     net = toy_controlnet(base, variant, connector_std=connector_std, seed=seed,
                          condition_encoder=recipe.condition_encoder, hint_channels=recipe.hint_channels)
@@ -252,4 +263,7 @@ def slim_summary(summary: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from ..checks import cli_errors
+
+    with cli_errors("python -m cnetlib.experiments.sudden_convergence"):
+        main()

@@ -22,7 +22,7 @@ import time
 import torch
 
 from cnetlib.sd import SD15_UNET_CONFIG, SD21_UNET_CONFIG, TINY_UNET_CONFIG, SDControlNet, fill_zero_layers
-from cnetlib.train_sd import compare_costs
+from cnetlib.costs import compare_costs
 
 PRESETS = {"tiny": TINY_UNET_CONFIG, "sd15": SD15_UNET_CONFIG, "sd21": SD21_UNET_CONFIG}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

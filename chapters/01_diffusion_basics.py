@@ -141,7 +141,7 @@ with tempfile.TemporaryDirectory() as tmp:
 # That one line is `cnetlib.diffusion.q_sample`:
 #
 # ```python
-# def q_sample(x0, t, noise, schedule):
+# def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
 #     a, s = schedule.coefficients(t, x0)   # √ᾱ_t, √(1−ᾱ_t)
 #     return a * x0 + s * noise
 # ```

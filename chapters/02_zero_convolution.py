@@ -75,10 +75,11 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # *through* the layer to what lies before it, ∂L/∂x = Wᵀ ∂L/∂y, is zero. So the zero
 # layer learns at once, and what lies behind it learns one step later.
 #
-# `cnetlib.controlnet.zero_conv` is that layer as a 1 × 1 convolution:
+# `cnetlib.controlnet.zero_conv` is that layer, a 1 × 1 convolution by default
+# (`kernel_size=1`):
 #
 # ```python
-# conv = nn.Conv2d(in_ch, out_ch, 1)
+# conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
 # nn.init.zeros_(conv.weight)
 # nn.init.zeros_(conv.bias)
 # ```

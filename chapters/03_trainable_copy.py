@@ -69,16 +69,18 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # block equation, line by line (`cnetlib/controlnet.py`):
 #
 # ```python
-# c_f = self.condition_encoder(condition)        # E(c), ends in Z(c; Θz1): 0 at step 0
-# temb = self.time_embed(timestep_embedding(t))  # the copy's own time embedding (Θc)
+# c_f = self.condition_encoder(condition)           # E(c), ends in Z(c; Θz1): 0 at step 0
+# ...
+# temb = self.time_embed(timestep_embedding(t, self.time_dim))   # the copy's own time embedding (Θc)
+# ...
 # h = x
 # for i, (block, z) in enumerate(zip(self.input_blocks, self.zero_convs)):
-#     h = block(h, temb, context)                # F(·; Θc), block by block
+#     h = block(h, temb, context)                       # F(·; Θc), block by block
 #     if i == 0:
-#         h = h + c_f                            # x + Z(c; Θz1), after the input conv
-#     outs.append(z(h))                          # Z(F(x + Z(c); Θc); Θz2)
+#         h = h + c_f                                   # x + Z(c; Θz1), after the input conv
+#     outs.append(z(h))                                 # Z(F(x + Z(c); Θc); Θz2)
 # h = self.middle_block(h, temb, context)
-# return outs, self.zero_convs[-1](h)            # one residual per skip + the middle one
+# return outs, self.zero_convs[-1](h)                   # one residual per skip + the middle one
 # ```
 #
 # The condition joins after the copy's *input conv*, not at its very input: that is

@@ -103,9 +103,15 @@ print("→ loading the shipped runs" if not TRAIN else
 # base's own denoising loss through the controlled model:
 #
 # ```python
-# context = base.encode_prompts(drop_prompts(prompts, 0.5, g))   # c_t, frozen text encoder
-# loss = diffusion_loss(lambda x, t: model(x, t, context, cond), x0, schedule, prediction)
-# opt.zero_grad(); loss.backward(); opt.step()                     # AdamW on the ControlNet only
+# prompts = drop_prompts([data.prompts[i] for i in idx.tolist()], drop_prompt, g)
+# with torch.no_grad():
+#     context = base.encode_prompts(prompts)  # c_t from the frozen text encoder
+# loss = diffusion_loss(lambda x, t: model(x, t, context, cond), x0, schedule,
+#                       base.config.prediction, generator=g)
+# opt.zero_grad(set_to_none=True)
+# loss.backward()
+# ...
+# opt.step()
 # ```
 #
 # That is the paper's ‖ε − ε_θ(z_t, t, c_t, c_f)‖², with our base's v-prediction target

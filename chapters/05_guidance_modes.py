@@ -83,15 +83,24 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # second with the empty prompt's), which gives the same numbers as two passes, faster:
 #
 # ```python
+# w_uc, w_c = branch_weights(mode, base.connections, max_weight)
+# ...
 # x2, t2 = torch.cat([x, x]), torch.cat([t, t])
-# if on and mode == "both":  # residuals r_i in ε_c and in ε_uc
-#     down, mid = control_residuals(nets, x2, t2, context, conds_2, scales, w, c_fs_2)
+# ...
+# if on and w_uc is not None:  # mode "both": residuals r_i in ε_c and in ε_uc
+#     down, mid = control_residuals(nets, x2, t2, context, conds_2, scales, w_c, c_fs_2)
+#     ...
 # elif on:  # residuals w_i·r_i in ε_c only: the ε_uc half gets exact zeros
-#     down, mid = control_residuals(nets, x2[: len(x)], t, c_cond, conds, scales, w, c_fs)
+#     down, mid = with_zero_branch(*control_residuals(nets, x2[: len(x)], t, c_cond, conds, scales, w_c, c_fs),
+#                                  controlled_first=True)
 #     ...
 # out_c, out_uc = base(x2, t2, context, **kw).chunk(2)
 # return out_uc + guidance * (out_c - out_uc)  # ε = ε_uc + β (ε_c − ε_uc)
 # ```
+#
+# `branch_weights` is the table above in code (`cnetlib.control`), and Stable Diffusion's
+# sampler in chapter 07 calls the same function, so the modes compared here are the
+# modes it runs.
 #
 # **Normalising the resolution weights.** Read literally, w_i = 64 / h_i multiplies
 # SD's middle block (h = 8) by 8. Our weights are w_i = `max_weight` · h_min / h_i: the
@@ -99,10 +108,17 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # `max_weight` = 8 is the paper's literal formula and `max_weight` = 1 keeps every
 # weight ≤ 1; section 4 measures which is better here. Nothing is hard-coded to SD's 13
 # connections: h_i comes from the base's connection table (7 connections here).
+#
+# **Two guess modes.** The reference code writes guess mode as w_i = 0.825^(12−i) for
+# SD's 13 connections; diffusers writes `logspace(-1, 0, n)`: from 0.1 on the first
+# connection to 1 on the middle block, evenly in log, for any n. At n = 13 they are the
+# same curve (0.825¹² ≈ 0.1). At the toy's n = 7 they are not: 0.825^(6−i) starts at
+# 0.32, not 0.1. cnetlib uses diffusers' form, which keeps SD's range whatever the
+# number of connections (the dotted line below is the reference code's formula at n).
 
 # %%
 from cnetlib.base import load_or_train_base
-from cnetlib.guidance import connection_weights, guess_weights, plot_connection_weights
+from cnetlib.guidance import connection_weights, guess_weights, plot_connection_weights, reference_guess_weights
 
 base = load_or_train_base()
 hs_toy = [c.resolution for c in base.connections]
@@ -114,9 +130,12 @@ fig = plot_connection_weights(hs_sd, (1.0, 8.0), "Stable Diffusion: 13 connectio
 save_figure(fig, "05_weights_sd")
 plt.show()
 assert connection_weights("resolution_weighted", hs_sd, 8.0) == [64 / h for h in hs_sd]   # the paper's w_i
-assert np.allclose(guess_weights(13), [0.825 ** (12 - i) for i in range(13)], atol=3e-3)     # the reference code
+assert np.allclose(guess_weights(13), reference_guess_weights(13), atol=3e-3)   # the two forms agree at SD's n
+g7, r7 = guess_weights(len(hs_toy)), reference_guess_weights(len(hs_toy))
+assert abs(g7[0] - 0.1) < 1e-9 and round(r7[0], 2) == 0.32                       # ...but not at the toy's 7
 print("toy, resolution weighted (max 1):", [round(w, 3) for w in connection_weights("resolution_weighted", hs_toy)])
-print("toy, guess:                      ", [round(w, 3) for w in connection_weights("guess", hs_toy)])
+print("toy, guess (logspace, used):     ", [round(w, 3) for w in g7])
+print("toy, guess (0.825^(n-1-i)):      ", [round(w, 3) for w in r7])
 
 # %% [markdown]
 # Guess mode and resolution weighting have the same shape: small weights on the fine,

@@ -102,13 +102,15 @@ print("colour ControlNet, as trained (with the empty prompt, colours right):",
 # ## 2 · Each alone, and both summed
 #
 # `sample(base, prompts, controls)` takes any list of `Control(controlnet, condition,
-# scale)`; `control_residuals` adds their residuals per connection, each times its scale:
+# scale)`; `cnetlib.control.weigh_and_sum` adds their residuals per connection, each
+# times its scale (the same function sums SD's ControlNets in chapter 07):
 #
 # ```python
-# for net, cond, s in zip(controlnets, conditions, scales):
-#     d, m = net(x, t, context, cond)
-#     d = [r * (s * wi) for r, wi in zip(d, w[:-1])]          # its scale (and chapter 05's w_i)
+# for (d, m), s in zip(residuals, scales, strict=True):
+#     ...
+#     d = [r * (s * wi) for r, wi in zip(d, w[:-1])]          # its scale s_k and chapter 05's w_i
 #     m = m * (s * w[-1])
+#     ...
 #     down = d if down is None else [a + b for a, b in zip(down, d)]
 #     mid = m if mid is None else mid + m
 # ```

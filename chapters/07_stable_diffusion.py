@@ -229,7 +229,10 @@ except RuntimeError as err:
 # ## 5 · Generating with one condition
 #
 # `cnetlib.sd.generate` is chapter 05's sampler on SD: any number of controls, any
-# guidance mode, conditioning scale, control window. With mode `both` and one ControlNet
+# guidance mode, conditioning scale, control window. Which branch of guidance gets the
+# control, with which weight per connection, and how several ControlNets add up come from
+# `cnetlib.control`, the same functions the toy's sampler calls (a unit test runs every
+# mode through both and compares the weights applied). With mode `both` and one ControlNet
 # it computes exactly what diffusers' `StableDiffusionControlNetPipeline` does (a unit
 # test checks equality); here we check it once more:
 

@@ -76,13 +76,18 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # `cnetlib.train_sd.controlnet_loss` is the paper's objective on SD's latents:
 #
 # ```python
-# z0 = vae.encode(x0).latent_dist.sample(generator=g) * vae.config.scaling_factor   # frozen, half precision
-# noise, t = randn(z0.shape), randint(0, 1000)
-# z_t = scheduler.add_noise(z0, noise, t)
-# c_t = encode_prompts(parts, drop_prompts(prompts, 0.5, g))                        # 50 % empty prompts
-# down, mid = controlnet(z_t, t, c_t, cond)                                          # trainable, fp32 weights
-# pred = unet(z_t, t, c_t, down_block_additional_residuals=down, mid_block_additional_residual=mid)
-# loss = mse(pred, noise)                                                            # ‖ε − ε_θ(z_t, t, c_t, c_f)‖²
+# z0 = parts.vae.encode(x0).latent_dist.sample(generator=g) * parts.vae.config.scaling_factor  # frozen VAE
+# noise = torch.randn(z0.shape, generator=g).to(device, z0.dtype)
+# t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g).to(device)
+# z_t = parts.scheduler.add_noise(z0, noise, t)
+# c_t = encode_prompts(parts, drop_prompts(batch["prompt"], drop_prompt, g))   # 50 % empty prompts
+# ...
+# down, mid = controlnet(z_t, t, c_t, cond)                         # trainable, fp32 weights
+# pred = parts.unet(z_t, t, encoder_hidden_states=c_t,
+#                   down_block_additional_residuals=[d.to(weight_dtype) for d in down],
+#                   mid_block_additional_residual=mid.to(weight_dtype), return_dict=False)[0]
+# ...
+# return F.mse_loss(pred.float(), target.float())                   # ‖ε − ε_θ(z_t, t, c_t, c_f)‖²
 # ```
 #
 # and `train` wraps it with accelerate (mixed precision, accumulation), gradient clipping,
@@ -129,6 +134,15 @@ plt.show()
 # (`lr_warmup_steps`: linear to `lr`, then constant, as diffusers' `constant_with_warmup`),
 # so a resume that lost the step count, AdamW's moments, the data order or the random
 # state would show in the losses and weights.
+#
+# Three things keep an interrupted run resumable whenever the interrupt lands. A
+# `checkpoint-N` folder is written under a temporary name and renamed when complete, so
+# a crash mid-save leaves nothing `--resume` would pick up half-written (it takes the
+# newest complete folder). A Ctrl-C inside a step saves the data generator as it was
+# after the last completed step, so the resumed run draws that step's batch again; the
+# command line then says where the checkpoint is and exits with status 130. And
+# `--resume` refuses other settings, or other data in the same folder (a fingerprint of
+# the pairs is kept with each checkpoint), rather than continuing a different run.
 
 # %%
 half = train(SDTrainConfig(output_dir=str(work / "resumed"), steps=steps // 2, **base_cfg))
@@ -158,14 +172,14 @@ assert resumed["losses"] == straight["losses"] and same
 #
 # ## 3 · What a ControlNet step costs
 #
-# `cnetlib.train_sd.compare_costs` times one training step of each setting on the same
+# `cnetlib.costs.compare_costs` times one training step of each setting on the same
 # UNet and batch, and takes its memory: on a GPU the peak allocated; on a CPU the same
 # quantity by accounting (frozen weights once, trainable weights four times for θ, ∇θ
 # and AdamW's two moments, plus the activations autograd saves).
 
 # %%
 from cnetlib.sd import SDParts
-from cnetlib.train_sd import compare_costs
+from cnetlib.costs import compare_costs
 
 parts = SDParts.tiny()
 rows = {}
@@ -274,5 +288,5 @@ shutil.rmtree(work, ignore_errors=True)
 # * `python -m cnetlib.train_sd` / `accelerate launch -m cnetlib.train_sd`: ControlNet
 #   training on SD with mixed precision (fp32 trainable weights), gradient
 #   checkpointing, accumulation, exact resume, validation with the fidelity IoU.
-# * `cnetlib.train_sd.compare_costs` and `benchmarks/sd_controlnet.py`: the paper's cost
+# * `cnetlib.costs.compare_costs` and `benchmarks/sd_controlnet.py`: the paper's cost
 #   comparison, measured, on a CPU and on a GPU.

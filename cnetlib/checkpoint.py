@@ -124,7 +124,7 @@ def load_checkpoint(path: str | Path, model_cls: type, config_cls: type, *, expe
     :class:`ConfigMismatchError` listing every differing field.
     """
     ckpt = read_checkpoint(path)
-    if ckpt["kind"] != model_cls.__name__:
+    if ckpt["kind"] not in {model_cls.__name__, *(c.__name__ for c in model_cls.__subclasses__())}:
         raise ConfigMismatchError(f"{path}: expected a {model_cls.__name__} checkpoint, got a {ckpt['kind']}")
     if expected_config is not None:
         diff = config_diff(expected_config.to_dict(), ckpt["config"])

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_images, check_number
+from .control import weigh_and_sum
 from .unet import Connection, ToyUNet, UNetConfig, _broadcast_t, count_parameters, timestep_embedding
 
 CONDITION_ENCODERS = ("paper", "reference")
@@ -239,6 +240,13 @@ class ControlNet(nn.Module):
     :meth:`cnetlib.unet.ToyUNet.forward` adds to its skips and middle block.
     """
 
+    def __new__(cls, config: ControlNetConfig | None = None, *args, **kwargs):
+        # ControlNet(config) builds whichever class config.copy names, so a checkpoint of
+        # either kind loads through ControlNet (ControlNet-lite is its own class below).
+        if cls is ControlNet and config is not None and config.copy == "lite":
+            cls = ControlNetLite
+        return super().__new__(cls)
+
     def __init__(self, config: ControlNetConfig) -> None:
         super().__init__()
         self.config = config
@@ -247,23 +255,25 @@ class ControlNet(nn.Module):
         ch0 = base.config.channels[0]
         self.condition_encoder = ConditionEncoder(config.condition_encoder, config.condition_channels, ch0,
                                                   config.downsample, config.hint_channels)
-        if config.copy == "full":
-            # Θc: the trainable copy of everything in the encoder path (SD: time embedding too)
-            self.time_embed = trainable_copy(base.time_embed)
-            self.text_embed = trainable_copy(base.text_embed) if base.text_embed is not None else None
-            self.input_blocks = trainable_copy(base.input_blocks)
-            self.middle_block = trainable_copy(base.middle_block)
-        else:
-            # ControlNet-lite: the input conv, then a single conv per later connection
-            self.input_blocks = nn.ModuleList([trainable_copy(base.input_blocks[0][0])])
-            prev = self.connections[0]
-            for conn in self.connections[1:]:
-                stride = prev.resolution // conn.resolution
-                self.input_blocks.append(nn.Conv2d(prev.channels, conn.channels, 3, stride=stride, padding=1))
-                prev = conn
+        self.build_copy(base)
         # Z(·; Θz2): one connector per connection, the last one for the middle block
         self.zero_convs = nn.ModuleList([self._connector(k.channels, k.index) for k in self.connections])
         self.time_dim = base.config.time_dim
+
+    def build_copy(self, base: ToyUNet) -> None:
+        """Θc: the trainable copy of everything in the encoder path (SD: the time embedding too)."""
+        self.time_embed = trainable_copy(base.time_embed)
+        self.text_embed = trainable_copy(base.text_embed) if base.text_embed is not None else None
+        self.input_blocks = trainable_copy(base.input_blocks)
+        self.middle_block = trainable_copy(base.middle_block)
+
+    def load_copy(self, unet: ToyUNet) -> None:
+        """Θc ← Θ: the copy starts with the base's weights."""
+        self.time_embed.load_state_dict(unet.time_embed.state_dict())
+        if self.text_embed is not None:
+            self.text_embed.load_state_dict(unet.text_embed.state_dict())
+        self.input_blocks.load_state_dict(unet.input_blocks.state_dict())
+        self.middle_block.load_state_dict(unet.middle_block.state_dict())
 
     def _connector(self, ch: int, index: int) -> nn.Conv2d:
         if self.config.connector == "zero":
@@ -273,16 +283,11 @@ class ControlNet(nn.Module):
     @classmethod
     def from_unet(cls, unet: ToyUNet, **options) -> "ControlNet":
         """Copy ``unet``'s encoder into a new ControlNet (options: :class:`ControlNetConfig` fields)."""
+        if cls is ControlNetLite:
+            options = {**options, "copy": "lite"}
         config = ControlNetConfig(base=unet.config.to_dict(), base_fingerprint=weights_fingerprint(unet), **options)
-        net = cls(config)
-        if config.copy == "full":
-            net.time_embed.load_state_dict(unet.time_embed.state_dict())
-            if net.text_embed is not None:
-                net.text_embed.load_state_dict(unet.text_embed.state_dict())
-            net.input_blocks.load_state_dict(unet.input_blocks.state_dict())
-            net.middle_block.load_state_dict(unet.middle_block.state_dict())
-        else:
-            net.input_blocks[0].load_state_dict(unet.input_blocks[0][0].state_dict())
+        net = ControlNet(config)
+        net.load_copy(unet)
         return net
 
     # ---- checks ------------------------------------------------------------------------
@@ -343,14 +348,7 @@ class ControlNet(nn.Module):
             c_f = self.condition_encoder(condition)           # E(c), ends in Z(c; Θz1): 0 at step 0
         t = _broadcast_t(t, x.shape[0], x.device)
         outs: list[torch.Tensor] = []
-        if self.config.copy == "lite":
-            h = self.input_blocks[0](x) + c_f
-            outs.append(self.zero_convs[0](h))
-            for conv, z in zip(self.input_blocks[1:], self.zero_convs[1:]):
-                h = F.silu(conv(h))
-                outs.append(z(h))
-            return outs[:-1], outs[-1]
-        temb = self.time_embed(timestep_embedding(t, self.time_dim))
+        temb = self.time_embed(timestep_embedding(t, self.time_dim))   # the copy's own time embedding (Θc)
         if self.text_embed is not None:
             temb = temb + self.text_embed(context.mean(dim=1))
         h = x
@@ -360,7 +358,37 @@ class ControlNet(nn.Module):
                 h = h + c_f                                   # x + Z(c; Θz1), after the input conv
             outs.append(z(h))                                 # Z(F(x + Z(c); Θc); Θz2)
         h = self.middle_block(h, temb, context)
-        return outs, self.zero_convs[-1](h)
+        return outs, self.zero_convs[-1](h)                   # one residual per skip + the middle one
+
+
+class ControlNetLite(ControlNet):
+    """ControlNet-lite (the paper's ablation, Fig. 8): the base's input conv, then one plain
+    conv per later connection instead of the trainable copy; condition encoder and zero
+    convolutions as in :class:`ControlNet`. ``ControlNet(config)`` with ``config.copy ==
+    "lite"`` builds one; chapter 04 trains it."""
+
+    def build_copy(self, base: ToyUNet) -> None:
+        self.input_blocks = nn.ModuleList([trainable_copy(base.input_blocks[0][0])])
+        prev = self.connections[0]
+        for conn in self.connections[1:]:
+            stride = prev.resolution // conn.resolution
+            self.input_blocks.append(nn.Conv2d(prev.channels, conn.channels, 3, stride=stride, padding=1))
+            prev = conn
+
+    def load_copy(self, unet: ToyUNet) -> None:
+        self.input_blocks[0].load_state_dict(unet.input_blocks[0][0].state_dict())
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                condition: torch.Tensor, c_f: torch.Tensor | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        self.check_condition(condition, x)
+        if c_f is None:
+            c_f = self.condition_encoder(condition)
+        h = self.input_blocks[0](x) + c_f
+        outs = [self.zero_convs[0](h)]
+        for conv, z in zip(self.input_blocks[1:], self.zero_convs[1:]):
+            h = F.silu(conv(h))
+            outs.append(z(h))
+        return outs[:-1], outs[-1]
 
 
 def toy_controlnet(base: ToyUNet, variant: str = "zero", *, connector_std: float | None = None, seed: int = 0,
@@ -420,18 +448,8 @@ def control_residuals(
                          f"got {len(connection_scales)}")
     features = [None] * len(controlnets) if condition_features is None \
         else _as_list(list(condition_features), len(controlnets), "condition_features")
-    down: list[torch.Tensor] | None = None
-    mid: torch.Tensor | None = None
-    for net, cond, c_f, s in zip(controlnets, conditions, features, scales):
-        if len(net.connections) != n:
-            raise ValueError(f"controlnets: expected every ControlNet to have {n} connections, got {len(net.connections)}")
-        d, m = net(x, t, context, cond, c_f)
-        w = connection_scales or [1.0] * n
-        d = [r * (s * wi) for r, wi in zip(d, w[:-1])]
-        m = m * (s * w[-1])
-        down = d if down is None else [a + b for a, b in zip(down, d)]
-        mid = m if mid is None else mid + m
-    return down, mid  # type: ignore[return-value]
+    residuals = (net(x, t, context, cond, c_f) for net, cond, c_f in zip(controlnets, conditions, features))
+    return weigh_and_sum(residuals, scales, connection_scales)   # Σ_k s_k · w_i · r_{k,i} (cnetlib.control)
 
 
 class ControlledUNet(nn.Module):

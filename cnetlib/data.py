@@ -1,6 +1,6 @@
 """Fill50k-style data: a seeded, procedural stand-in for the authors' Fill50K.
 
-Chapter 01 introduces it. A pair is a *source* (the condition c_f: a white circle
+Chapter 01 introduces it. A pair is a *source* (the control image c: a white circle
 outline on black) and a *target* (the image: that circle filled with one CSS colour
 on a background of another) with the prompt ``"<circle colour> circle with
 <background colour> background"``, colour names written as words ("pale golden rod").

@@ -88,7 +88,7 @@ def make_schedule(name: str, T: int = 1000) -> Schedule:
 # ----------------------------------------------------------------------------------
 def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
     """Forward process q(x_t | x_0): ``x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε``."""
-    a, s = schedule.coefficients(t, x0)
+    a, s = schedule.coefficients(t, x0)   # √ᾱ_t, √(1−ᾱ_t)
     return a * x0 + s * noise
 
 

@@ -12,9 +12,8 @@ samples themselves:
 * **proxy IoU**: the same measurement from a 4-step DDIM run instead of a 20-step one
   (8 forward passes instead of 40), cheap enough to take every few training steps.
   Chapter 04 validates it against the sampled IoU. (A one-pass proxy, x̂_0 predicted
-  from the noised target at one step t, :meth:`FidelityProbe.x0_proxy`, does not work
-  here: at t = 700 the noised target still shows where the circle is, so the base alone
-  scores 0.79.)
+  from the target noised to one step t, was tried and dropped: the noised target still
+  shows where the circle is, so the base alone scores well without any control.)
 """
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ import torch
 
 from .controlnet import ControlledUNet
 from .data import Fill50k, source_to_tensor, target_to_tensor
-from .diffusion import make_schedule, q_sample, to_x0_eps
 from .guidance import Control, sample
 from .metrics import as_uint8_images, iou, placement, prompt_following, segment_circle
 
@@ -54,7 +52,6 @@ class FidelityProbe:
     steps: int = 20
     guidance: float = 3.0
     proxy_steps: int = 4
-    extra_t: tuple[int, ...] = ()
     size: int = 32
     palette: Sequence[str] | None = None
     keep_images: int = 8
@@ -69,25 +66,11 @@ class FidelityProbe:
         self.masks = self.data.masks
         self.prompts = list(self.data.prompts)
         self.palette = self.data.palette
-        g = torch.Generator().manual_seed(self.seed + 10_000)
-        self.proxy_noise = torch.randn(self.targets.shape, generator=g)
 
     @torch.no_grad()
     def proxy(self, model: ControlledUNet) -> np.ndarray:
         """Per-sample proxy IoU: the with-prompt samples, but from ``proxy_steps`` DDIM steps."""
         return condition_iou(self.samples(model, True, steps=self.proxy_steps), self.masks)
-
-    @torch.no_grad()
-    def x0_proxy(self, model: ControlledUNet, t_proxy: int) -> np.ndarray:
-        """Per-sample IoU of x̂_0 predicted in one pass from the target noised to ``t_proxy`` (empty prompt)."""
-        cfg = model.config
-        device = next(model.parameters()).device
-        schedule = make_schedule(cfg.schedule)
-        t = torch.full((self.n,), t_proxy, dtype=torch.long, device=device)
-        x_t = q_sample(self.targets.to(device), t, self.proxy_noise.to(device), schedule)
-        out = model(x_t, t, model.encode_prompts([""] * self.n), self.conditions.to(device))
-        x0, _ = to_x0_eps(out, x_t, t, schedule, cfg.prediction)
-        return condition_iou(x0.clamp(-1, 1).cpu(), self.masks)
 
     @torch.no_grad()
     def samples(self, model: ControlledUNet, with_prompt: bool, seed: int = 0, steps: int | None = None) -> torch.Tensor:
@@ -104,8 +87,6 @@ class FidelityProbe:
         try:
             px = self.proxy(model)
             out: dict = {"proxy_iou": float(px.mean()), "proxy_iou_per_sample": px.round(4).tolist()}
-            for t in self.extra_t:
-                out[f"x0_iou_t{t}"] = float(self.x0_proxy(model, t).mean())
             if sampled:
                 with_p = self.samples(model, True)
                 no_p = self.samples(model, False)

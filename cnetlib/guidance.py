@@ -16,14 +16,14 @@ Where does the control go?
   implements it; the literal ×8 on the middle block is reported to break generation, so
   here the weights are normalised to ``max_weight · h_min / h_i``: the coarsest
   connection gets ``max_weight``, the finest ``max_weight · h_min / h_max`` (chapter 05);
-* ``"guess"``: only in ε_c with w_i = 0.825^(n−1−i), the reference code's guess mode,
-  which diffusers writes ``logspace(-1, 0, n)`` (the first, finest block gets 0.1, the
-  middle block 1).
+* ``"guess"``: only in ε_c with w_i = ``logspace(-1, 0, n)`` (diffusers' form: the first,
+  finest block gets 0.1, the middle block 1); the reference code writes 0.825^(n−1−i) for
+  SD's 13 connections, the same curve there, not for the toy's 7 (chapter 05 shows both).
 
 Every mode takes a global ``conditioning_scale`` and a window ``[control_start,
 control_end)`` of the sampling steps (as fractions) outside which no control is added.
-Nothing here is specific to the toy UNet's size: the weights are computed from the
-connection table, so SD's 13 connections (chapter 07) use the same functions.
+The mode table and the sum of several ControlNets live in :mod:`cnetlib.control`, which
+``cnetlib.sd`` calls too: SD's 13 connections (chapter 07) are weighed by the same functions.
 """
 from __future__ import annotations
 
@@ -33,52 +33,13 @@ from typing import Callable, Sequence
 import torch
 
 from .checks import check_control_window, check_images, check_number, check_prompts
+from .control import (  # noqa: F401  (the mode table and the sum: one core for the toy and SD)
+    MODES, branch_weights, check_mode, connection_weights, control_active, guess_weights, reference_guess_weights,
+    resolution_weights, with_zero_branch,
+)
 from .controlnet import ControlNet, control_residuals
 from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample, make_schedule
 from .unet import Connection, ToyUNet
-
-MODES = ("both", "cond_only", "resolution_weighted", "guess")
-
-
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-    return mode
-
-
-def resolution_weights(resolutions: Sequence[int], max_weight: float = 1.0) -> list[float]:
-    """w_i = 64 / h_i of the paper, normalised so the coarsest connection gets ``max_weight``.
-
-    ``max_weight · h_min / h_i``: for SD (h = 64 … 8) with ``max_weight = 8`` this is
-    exactly the paper's 64 / h_i; ``max_weight = 1`` keeps every w_i ≤ 1.
-    """
-    if not resolutions:
-        raise ValueError("resolutions: expected one h_i per connection, got none")
-    h_min = min(resolutions)
-    return [max_weight * h_min / h for h in resolutions]
-
-
-def guess_weights(n: int) -> list[float]:
-    """The reference code's guess mode: 0.825^(n−1−i), i.e. ``logspace(-1, 0, n)`` in diffusers."""
-    return torch.logspace(-1, 0, n, dtype=torch.float64).tolist()
-
-
-def connection_weights(mode: str, connections: Sequence[Connection] | Sequence[int],
-                       max_weight: float = 1.0) -> list[float]:
-    """Per-connection w_i for a mode (the middle block last); ``connections`` or their h_i."""
-    check_mode(mode)
-    hs = [c.resolution if isinstance(c, Connection) else int(c) for c in connections]
-    if mode == "resolution_weighted":
-        return resolution_weights(hs, max_weight)
-    if mode == "guess":
-        return guess_weights(len(hs))
-    return [1.0] * len(hs)
-
-
-def control_active(k: int, n_steps: int, start: float = 0.0, end: float = 1.0) -> bool:
-    """Is control on at sampling step ``k`` of ``n_steps``? (diffusers' control_guidance_start/end)."""
-    return not (k / n_steps < start or (k + 1) / n_steps > end)
-
 
 @dataclass
 class Control:
@@ -149,7 +110,7 @@ def guided_model_fn(
     nets = [c.controlnet for c in controls]
     conds = [c.condition for c in controls]
     scales = [c.scale * conditioning_scale for c in controls]
-    w = connection_weights(mode, base.connections, max_weight) if controls else None
+    w_uc, w_c = branch_weights(mode, base.connections, max_weight)
     index = {int(t): k for k, t in enumerate(timesteps)}
 
     # Two savings that leave the numbers as they are (up to float rounding): c_f = E(c)
@@ -166,18 +127,18 @@ def guided_model_fn(
         if guidance == 1.0:  # β = 1: ε = ε_c, no unconditional branch at all
             x = x.contiguous(memory_format=torch.channels_last)
             kw = dict(zip(("down_residuals", "mid_residual"),
-                          control_residuals(nets, x, t, c_cond, conds, scales, w, c_fs))) if on else {}
+                          control_residuals(nets, x, t, c_cond, conds, scales, w_c, c_fs))) if on else {}
             return base(x, t, c_cond, **kw)
         x2, t2 = torch.cat([x, x]), torch.cat([t, t])
         x2 = x2.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPUs
         kw = {}
-        if on and mode == "both":  # residuals r_i in ε_c and in ε_uc
-            down, mid = control_residuals(nets, x2, t2, context, conds_2, scales, w, c_fs_2)
+        if on and w_uc is not None:  # mode "both": residuals r_i in ε_c and in ε_uc
+            down, mid = control_residuals(nets, x2, t2, context, conds_2, scales, w_c, c_fs_2)
             kw = {"down_residuals": down, "mid_residual": mid}
         elif on:  # residuals w_i·r_i in ε_c only: the ε_uc half gets exact zeros
-            down, mid = control_residuals(nets, x2[: len(x)], t, c_cond, conds, scales, w, c_fs)
-            kw = {"down_residuals": [torch.cat([r, torch.zeros_like(r)]) for r in down],
-                  "mid_residual": torch.cat([mid, torch.zeros_like(mid)])}
+            down, mid = with_zero_branch(*control_residuals(nets, x2[: len(x)], t, c_cond, conds, scales, w_c, c_fs),
+                                         controlled_first=True)
+            kw = {"down_residuals": down, "mid_residual": mid}
         out_c, out_uc = base(x2, t2, context, **kw).chunk(2)
         return out_uc + guidance * (out_c - out_uc)  # ε = ε_uc + β (ε_c − ε_uc)
 
@@ -254,7 +215,8 @@ def plot_connection_weights(connections: Sequence[Connection] | Sequence[int], m
     fig, ax = plt.subplots(figsize=(7, 3.4))
     x = range(len(hs))
     ax.plot(x, connection_weights("both", hs), "o-", label="both / cond_only: 1")
-    ax.plot(x, connection_weights("guess", hs), "s-", label="guess: logspace(-1, 0, n)")
+    ax.plot(x, connection_weights("guess", hs), "s-", label="guess: logspace(-1, 0, n) (diffusers; used here)")
+    ax.plot(x, reference_guess_weights(len(hs)), "s:", color="C1", alpha=0.6, label="guess: 0.825^(n−1−i) (reference code)")
     for mw in max_weights:
         ax.plot(x, connection_weights("resolution_weighted", hs, mw), "^--", label=f"resolution weighted, max {mw:g}")
     ax.set_xticks(list(x), [f"{i}\nh={h}" if i < len(hs) - 1 else f"mid\nh={h}" for i, h in enumerate(hs)], fontsize=7)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
-import torch.nn as nn
 
 from .controlnet import ControlledUNet, ControlNet
 from .diffusion import diffusion_loss, make_schedule
@@ -134,10 +132,6 @@ def first_nonzero_step(rows: list[dict]) -> dict[str, int | None]:
         steps = [r["step"] for r in rows if r["group"] == g and r["grad_norm"] > 0]
         out[g] = min(steps) if steps else None
     return out
-
-
-def module_norm(module: nn.Module) -> float:
-    return float(np.sqrt(sum(float(p.detach().norm()) ** 2 for p in module.parameters())))
 
 
 def connector_damage_view(base: ToyUNet, std: float | None, prompts: Sequence[str], condition: torch.Tensor, *,

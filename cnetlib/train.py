@@ -53,6 +53,48 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         pe.lerp_(p, 1.0 - decay)
 
 
+class RunState:
+    """Where a resumable run keeps its state: ``out_dir/state.pt`` (written atomically) and
+    ``out_dir/log.jsonl``, with the ``settings`` a resume must share. Without ``out_dir``
+    nothing is kept (every method is then a no-op and :meth:`load` returns None)."""
+
+    def __init__(self, out_dir, settings: dict) -> None:
+        from pathlib import Path
+
+        self.out = Path(out_dir) if out_dir is not None else None
+        self.settings = settings
+        self.path = self.out / "state.pt" if self.out is not None else None
+        if self.out is not None and self.out.exists() and not self.out.is_dir():
+            raise NotADirectoryError(f"out_dir: expected a folder for the run's state, got the file {self.out}")
+
+    def load(self, remedy: str) -> dict | None:
+        """The saved state if there is one (written with the same settings), else None."""
+        if self.path is None or not self.path.is_file():
+            return None
+        return load_resumable_state(self.path, self.settings, remedy)
+
+    def save(self, **state) -> None:
+        if self.path is not None:
+            from .checkpoint import atomic_save
+
+            atomic_save({"settings": self.settings, **state}, self.path)
+
+    def write_log(self, rows: list[dict]) -> None:
+        if self.out is not None:
+            from .checkpoint import atomic_write_text
+
+            atomic_write_text(self.out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def controlnet_lr(step: int, steps: int, lr: float, schedule: str) -> float:
+    """The ControlNet trainer's learning rate at ``step``: constant (the paper), or a cosine from
+    ``lr`` down to 10 % at the last step. A function of the step alone, so a resumed run gets
+    the same rates."""
+    if schedule == "constant":
+        return lr
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps - 1))))
+
+
 def warmup_cosine(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
     """Learning-rate factor: linear warm-up over ``warmup`` steps, then a cosine down to ``floor``."""
     if step < warmup:
@@ -161,11 +203,9 @@ def train_denoiser(
                 "ema_decay": ema_decay, "seed": seed, "n_data": len(data), "data": data_fingerprint(data),
                 "weighting": weighting, "config": cfg.to_dict()}
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out_dir: expected a folder for the training state, got the file {out}")
-    state_path = out / "state.pt" if out else None
-    if state_path is not None and state_path.is_file():
-        state = load_resumable_state(state_path, settings, "use another out_dir or delete it")
+    run_state = RunState(out_dir, settings)
+    state = run_state.load("use another out_dir or delete it")
+    if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -179,10 +219,8 @@ def train_denoiser(
     g_done = g.get_state()
 
     def save_state(elapsed: float) -> None:
-        if state_path is not None:
-            atomic_save({"settings": settings, "model": model.state_dict(), "ema": ema.state_dict(),
-                         "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": g_done,
-                         "losses": result.losses, "seconds": elapsed}, state_path)
+        run_state.save(model=model.state_dict(), ema=ema.state_dict(), optimizer=opt.state_dict(),
+                       scheduler=sched.state_dict(), generator=g_done, losses=result.losses, seconds=elapsed)
 
     model.train()
     start = time.perf_counter() - result.seconds
@@ -214,7 +252,7 @@ def train_denoiser(
     except KeyboardInterrupt:
         result.interrupted = True
         print(f"interrupted at step {len(result.losses)}: returning the model trained so far"
-              + (f" (state saved to {state_path}; run again to resume)" if state_path else ""))
+              + (f" (state saved to {run_state.path}; run again to resume)" if run_state.path else ""))
     finally:
         bar.close()
         result.seconds = time.perf_counter() - start
@@ -285,9 +323,6 @@ def train_controlnet(
     with the differences named, before anything is written. ``on_step(step, controlnet)`` is called
     after every optimiser step (chapter 02 records the zero convs' norms with it).
     """
-    from pathlib import Path
-
-    from .checkpoint import atomic_save, atomic_write_text
     from .controlnet import ControlledUNet
 
     check_number(steps, name="steps", low=1, integer=True)
@@ -317,32 +352,24 @@ def train_controlnet(
     if is_dataclass(getattr(controlnet, "config", None)):
         settings.update({f"controlnet.{k}": v for k, v in asdict(controlnet.config).items()})
 
-    def lr_at(step: int) -> float:  # a function of the step alone, so a resumed run gets the same rates
-        if lr_schedule == "constant":
-            return lr
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps - 1))))
-
     model = ControlledUNet(base, controlnet).to(device)
     params = [p for p in controlnet.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = make_schedule(base.config.schedule)
     g = torch.Generator().manual_seed(seed)
     run = ControlNetRun(controlnet)
-    out = Path(out_dir) if out_dir is not None else None
-    state_path = out / "state.pt" if out else None
-    if out:
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"out_dir: expected a folder for the run's log and state, got the file {out}")
-        out.mkdir(parents=True, exist_ok=True)
-    if state_path is not None and resume and state_path.is_file():
-        state = load_resumable_state(state_path, settings, "use another out_dir or resume=False")
+    run_state = RunState(out_dir, settings)
+    if run_state.out is not None:
+        run_state.out.mkdir(parents=True, exist_ok=True)
+    state = run_state.load("use another out_dir or resume=False") if resume else None
+    if state is not None:
         controlnet.load_state_dict(state["controlnet"])
         opt.load_state_dict(state["optimizer"])
         g.set_state(state["generator"])
         run.losses, run.log, run.samples = state["losses"], state["log"], state["samples"]
         run.resumed_from = len(run.losses)
         if run.resumed_from > steps:
-            raise ValueError(f"{state_path}: holds {run.resumed_from} steps, more than the {steps} asked for")
+            raise ValueError(f"{run_state.path}: holds {run.resumed_from} steps, more than the {steps} asked for")
     targets, sources = data.tensors()["target"], data.tensors()["source"]
 
     # The generator as it was after the last completed step: a Ctrl-C inside a step (after
@@ -350,10 +377,8 @@ def train_controlnet(
     g_done = g.get_state()
 
     def save_state() -> None:
-        if state_path is not None:
-            atomic_save({"settings": settings, "controlnet": controlnet.state_dict(), "optimizer": opt.state_dict(),
-                         "generator": g_done, "losses": run.losses, "log": run.log,
-                         "samples": run.samples}, state_path)
+        run_state.save(controlnet=controlnet.state_dict(), optimizer=opt.state_dict(), generator=g_done,
+                       losses=run.losses, log=run.log, samples=run.samples)
 
     def evaluate(step: int) -> None:
         if probe is None:
@@ -365,8 +390,7 @@ def train_controlnet(
         if images:
             run.samples[step] = images
         run.log.append(row)
-        if out:
-            atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in run.log))
+        run_state.write_log(run.log)
 
     model.train()
     start = time.perf_counter()
@@ -379,7 +403,7 @@ def train_controlnet(
         for step in bar:
             idx = torch.randint(0, len(data), (batch_size,), generator=g)
             x0 = target_to_tensor(targets[idx]).to(device)
-            cond = source_to_tensor(sources[idx]).to(device)  # c_f in [0, 1]
+            cond = source_to_tensor(sources[idx]).to(device)  # the control image c in [0, 1]
             prompts = drop_prompts([data.prompts[i] for i in idx.tolist()], drop_prompt, g)
             with torch.no_grad():
                 context = base.encode_prompts(prompts)  # c_t from the frozen text encoder
@@ -388,7 +412,7 @@ def train_controlnet(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = controlnet_lr(step, steps, lr, lr_schedule)
             if max_grad_norm is not None:  # as diffusers' train_controlnet.py: one bad batch cannot undo the run
                 nn.utils.clip_grad_norm_(params, max_grad_norm)
             opt.step()
@@ -405,7 +429,8 @@ def train_controlnet(
                 save_state()
     except KeyboardInterrupt:
         run.interrupted = True
-        print(f"interrupted after step {len(run.losses)}: state saved" + (f" to {state_path}" if state_path else ""))
+        print(f"interrupted after step {len(run.losses)}: state saved"
+              + (f" to {run_state.path}" if run_state.path else ""))
     finally:
         bar.close()
         save_state()

@@ -25,10 +25,10 @@ import json
 import os
 import re
 import shutil
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -72,7 +72,6 @@ class SDTrainConfig:
     seed: int = 0
     resume: bool = False
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse a bad value here, before any model is loaded or any folder written."""
@@ -127,13 +126,13 @@ def controlnet_loss(parts: SDParts, controlnet: SDControlNet, batch: dict, g: to
     device = parts.device
     with torch.no_grad():
         x0 = batch["target"].to(device, weight_dtype)
-        z0 = parts.vae.encode(x0).latent_dist.sample(generator=g) * parts.vae.config.scaling_factor
+        z0 = parts.vae.encode(x0).latent_dist.sample(generator=g) * parts.vae.config.scaling_factor  # frozen VAE
         noise = torch.randn(z0.shape, generator=g).to(device, z0.dtype)
         t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g).to(device)
         z_t = parts.scheduler.add_noise(z0, noise, t)
-        c_t = encode_prompts(parts, drop_prompts(batch["prompt"], drop_prompt, g))
+        c_t = encode_prompts(parts, drop_prompts(batch["prompt"], drop_prompt, g))   # 50 % empty prompts
     cond = batch["source"].to(device, weight_dtype)
-    down, mid = controlnet(z_t, t, c_t, cond)
+    down, mid = controlnet(z_t, t, c_t, cond)                         # trainable, fp32 weights
     pred = parts.unet(z_t, t, encoder_hidden_states=c_t,
                       down_block_additional_residuals=[d.to(weight_dtype) for d in down],
                       mid_block_additional_residual=mid.to(weight_dtype), return_dict=False)[0]
@@ -141,7 +140,7 @@ def controlnet_loss(parts: SDParts, controlnet: SDControlNet, batch: dict, g: to
         target = parts.scheduler.get_velocity(z0, noise, t)
     else:
         target = noise
-    return F.mse_loss(pred.float(), target.float())
+    return F.mse_loss(pred.float(), target.float())                   # ‖ε − ε_θ(z_t, t, c_t, c_f)‖²
 
 
 def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step: int, out: Path) -> dict:
@@ -311,124 +310,10 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
             "controlnet": acc.unwrap_model(controlnet)}
 
 
-# ----------------------------------------------------------------------------------
-# The cost of a training step (chapter 08 and benchmarks/)
-# ----------------------------------------------------------------------------------
-class SavedTensorBytes:
-    """Counts the bytes autograd keeps for the backward pass (each storage once), as a CPU
-    stand-in for peak activation memory: ``with SavedTensorBytes() as m: loss = f(x)``."""
-
-    def __init__(self) -> None:
-        self.bytes = 0
-        self._seen: set[int] = set()
-
-    def _pack(self, t: torch.Tensor):
-        try:
-            key = t.untyped_storage().data_ptr()
-        except (RuntimeError, NotImplementedError):
-            key = id(t)
-        if key not in self._seen:
-            self._seen.add(key)
-            self.bytes += t.untyped_storage().nbytes() if t.device.type != "meta" else 0
-        return t
-
-    def __enter__(self) -> "SavedTensorBytes":
-        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-        self._ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._ctx.__exit__(*exc)
-
-
-def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None = None, text_tokens: int = 77,
-              repeats: int = 3, gradient_checkpointing: bool = False) -> dict:
-    """Time and memory of one training step on ``unet``'s device and dtype: ``what="controlnet"``
-    (frozen UNet + trainable ControlNet, the paper's setting) or ``"finetune"`` (the UNet
-    itself trained), AdamW in both.
-
-    Memory: on CUDA the peak allocated during the step. On the CPU an accounting of the
-    same thing: frozen weights once, trainable weights four times (θ, ∇θ and AdamW's two
-    moments), plus the activations autograd saves for the backward pass.
-    """
-    if what not in ("controlnet", "finetune"):
-        raise ValueError(f"what: expected 'controlnet' or 'finetune', got {what!r}")
-    device, dtype = unet.device, unet.dtype
-    latent = latent_size or unet.config.sample_size
-    g = torch.Generator().manual_seed(0)
-    z = torch.randn(batch_size, unet.config.in_channels, latent, latent, generator=g).to(device, dtype)
-    c_t = torch.randn(batch_size, text_tokens, unet.config.cross_attention_dim, generator=g).to(device, dtype)
-    cond = torch.rand(batch_size, 3, 8 * latent, 8 * latent, generator=g).to(device, dtype)
-    t = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
-    target = torch.randn(z.shape, generator=g).to(device, dtype)
-    frozen_bytes = 0
-    if gradient_checkpointing:  # in both settings the whole UNet is checkpointed: like with like
-        unet.enable_gradient_checkpointing()
-    if what == "controlnet":
-        net = SDControlNet.from_unet(unet).to(device, dtype)
-        if gradient_checkpointing:
-            net.enable_gradient_checkpointing()
-        unet.requires_grad_(False)
-        trainable = list(net.parameters())
-        frozen_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
-    else:
-        net = None
-        unet.requires_grad_(True)
-        trainable = list(unet.parameters())
-    opt = torch.optim.AdamW(trainable, lr=1e-6)
-    cuda = device.type == "cuda"
-
-    def step() -> int:
-        with SavedTensorBytes() as saved:
-            if net is not None:
-                down, mid = net(z, t, c_t, cond)
-                pred = unet(z, t, c_t, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-            else:
-                pred = unet(z, t, c_t).sample
-            loss = F.mse_loss(pred.float(), target.float())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return saved.bytes
-
-    try:
-        step()  # warm-up (and AdamW's state)
-        times, act = [], 0
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            act = step()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
-        memory = torch.cuda.max_memory_allocated() if cuda else frozen_bytes + 4 * trainable_bytes + act
-    finally:
-        unet.requires_grad_(False)
-        if gradient_checkpointing:
-            unet.disable_gradient_checkpointing()
-    return {"what": what, "seconds": sorted(times)[len(times) // 2], "memory_bytes": int(memory),
-            "activation_bytes": int(act), "trainable_parameters": sum(p.numel() for p in trainable),
-            "device": device.type}
-
-
-def compare_costs(unet, **options) -> dict:
-    """:func:`step_cost` for both settings, side by side, with the ControlNet / fine-tune ratios
-    (the paper, on an A100 with SD: memory +23 %, time +34 %)."""
-    cn = step_cost(unet, "controlnet", **options)
-    ft = step_cost(unet, "finetune", **options)
-    return {"controlnet": cn, "finetune": ft, "time_ratio": cn["seconds"] / ft["seconds"],
-            "memory_ratio": cn["memory_bytes"] / ft["memory_bytes"]}
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m cnetlib.train_sd", description=__doc__.split("\n")[0])
     d = SDTrainConfig()
     for f, v in asdict(d).items():
-        if f == "extra":
-            continue
         flag = "--" + f.replace("_", "-")
         if isinstance(v, bool):
             p.add_argument(flag, action="store_true", default=v)

@@ -295,3 +295,23 @@ def test_base_and_controlnet_swapped_is_named():
         ControlledUNet(net, base)
     with pytest.raises(TypeError, match=r"controlnets\[0\]: expected a ControlNet, got ToyUNet"):
         ControlledUNet(base, [base])
+
+
+def test_controlnet_lite_is_its_own_class_and_loads_through_controlnet(tmp_path):
+    from cnetlib.checkpoint import load_checkpoint, save_checkpoint
+    from cnetlib.controlnet import ControlNet, ControlNetConfig, ControlNetLite, toy_controlnet
+    from tiny import TINY_HINT, tiny_base
+
+    base = tiny_base()
+    lite = toy_controlnet(base, "lite", hint_channels=TINY_HINT)
+    assert type(lite) is ControlNetLite and not hasattr(lite, "middle_block")
+    assert type(ControlNet(lite.config)) is ControlNetLite                  # config-driven, as a checkpoint loads it
+    assert type(ControlNetLite.from_unet(base, hint_channels=TINY_HINT)) is ControlNetLite
+    assert type(toy_controlnet(base, hint_channels=TINY_HINT)) is ControlNet
+    save_checkpoint(lite, tmp_path / "lite.pt")
+    again = load_checkpoint(tmp_path / "lite.pt", ControlNet, ControlNetConfig)
+    assert type(again) is ControlNetLite
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    c, ctx = torch.rand(2, 3, 16, 16), base.encode_prompts(["a", "b"])
+    for a, b in zip(lite(x, t, ctx, c)[0], again(x, t, ctx, c)[0]):
+        torch.testing.assert_close(a, b)

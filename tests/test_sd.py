@@ -221,7 +221,8 @@ def test_bad_input_names_what_was_expected(tiny):
 
 
 def test_sd_training_resumes_exactly_and_costs_are_measured(tmp_path):
-    from cnetlib.train_sd import SDTrainConfig, compare_costs, train
+    from cnetlib.costs import compare_costs
+    from cnetlib.train_sd import SDTrainConfig, train
 
     kw = dict(preset="tiny", resolution=64, batch_size=2, lr=1e-4, checkpoint_every=2, validate_every=4,
               validation_n=2, validation_steps=2, progress=False, gradient_accumulation_steps=2,

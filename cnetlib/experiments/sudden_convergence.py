@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -44,12 +44,10 @@ class Recipe:
     sample_every: int = 100
     probe_n: int = 32
     probe_steps: int = 20
-    probe_extra_t: tuple[int, ...] = ()
     condition: str = "outline"
     final_probe_n: int = 64
     no_prompt_mode: str = "cond_only"
     no_prompt_guidance: float = 3.0
-    extra: dict = field(default_factory=dict)
 
 
 RECIPE = Recipe()
@@ -198,8 +196,7 @@ def run_experiment(seed: int = 0, steps: int | None = None, variant: str = "zero
     drop_prompt = recipe.drop_prompt if drop_prompt is None else drop_prompt
     batch_size = recipe.batch_size if batch_size is None else batch_size
     data = Fill50k(recipe.n_train if n_train is None else n_train, seed=0, condition=recipe.condition)
-    probe = FidelityProbe(n=recipe.probe_n, steps=recipe.probe_steps, extra_t=recipe.probe_extra_t,
-                          condition=recipe.condition)
+    probe = FidelityProbe(n=recipe.probe_n, steps=recipe.probe_steps, condition=recipe.condition)
     run = train_controlnet(base, net, data, steps=steps, batch_size=batch_size,
                            lr=lr, lr_schedule=recipe.lr_schedule, drop_prompt=drop_prompt, seed=seed, probe=probe,
                            eval_every=recipe.eval_every, sample_every=recipe.sample_every,

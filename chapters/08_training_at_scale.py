@@ -76,11 +76,16 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # `cnetlib.train_sd.controlnet_loss` is the paper's objective on SD's latents:
 #
 # ```python
-# z0 = parts.vae.encode(x0).latent_dist.sample(generator=g) * parts.vae.config.scaling_factor  # frozen VAE
-# noise = torch.randn(z0.shape, generator=g).to(device, z0.dtype)
-# t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g).to(device)
+# latent = parts.vae.encode(x0).latent_dist                     # frozen VAE: mean and std of q(z|x)
+# ...
+# z0 = latent.mean + latent.std * torch.randn(shape, generator=g)[mine].to(device, latent.mean.dtype)
+# ...
+# noise = torch.randn(shape, generator=g)[mine].to(device, z0.dtype)
+# t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (total,), generator=g)[mine].to(device)
 # z_t = parts.scheduler.add_noise(z0, noise, t)
-# c_t = encode_prompts(parts, drop_prompts(batch["prompt"], drop_prompt, g))   # 50 % empty prompts
+# keep = (torch.rand(total, generator=g) >= drop_prompt)[mine].tolist()
+# ...
+# c_t = encode_prompts(parts, prompts)                          # 50 % empty prompts
 # ...
 # down, mid = controlnet(z_t, t, c_t, cond)                         # trainable, fp32 weights
 # pred = parts.unet(z_t, t, encoder_hidden_states=c_t,
@@ -170,7 +175,62 @@ assert resumed["losses"] == straight["losses"] and same
 #
 # (`--data PATH` trains on the authors' Fill50K folder instead of generated pairs.)
 #
-# ## 3 · What a ControlNet step costs
+# ## 3 · Many processes
+#
+# `accelerate launch --num_processes N` starts N copies of the script, one per GPU; on a
+# machine without GPUs, `torchrun --standalone --nproc_per_node N` starts N CPU processes
+# that talk over gloo, which is what we run here. The contract: `--batch-size` is *per process*.
+# Each step draws one global batch of `batch_size × N` pairs, with their latent noise, ε,
+# t and dropped prompts, from the one seeded generator that every process holds in the
+# same state; process r trains on slice r of it, and DDP averages the gradients. The mean
+# of N slice gradients is the gradient of the global batch, so N processes at batch B
+# train what one process trains at batch N·B, and a resumed run continues it exactly.
+# Validation and checkpoint writing happen on the main process; the others wait for it.
+#
+# Two CPU processes at batch 2 against one process at batch 4, same seed
+# (`cnetlib.train_sd.launch` runs the command line below):
+
+# %%
+from cnetlib.sd import SDControlNet
+from cnetlib.train_sd import launch
+
+multi_kw = dict(preset="tiny", resolution=32, n_train=16, lr=1e-4, steps=pick(4, 2), validate_every=100,
+                validation_n=1, validation_steps=1, checkpoint_every=100, progress=False)
+one = launch(SDTrainConfig(output_dir=str(work / "one"), batch_size=4, **multi_kw), 1, cpu=True)
+two = launch(SDTrainConfig(output_dir=str(work / "two"), batch_size=2, **multi_kw), 2, cpu=True)
+w1 = SDControlNet.from_pretrained(work / "one" / "controlnet").state_dict()
+w2 = SDControlNet.from_pretrained(work / "two" / "controlnet").state_dict()
+rel = (sum(float((w1[k] - w2[k]).double().pow(2).sum()) for k in w1)
+       / sum(float(w1[k].double().pow(2).sum()) for k in w1)) ** 0.5       # ‖w1 − w2‖ / ‖w1‖ over the model
+print(f"final loss, 1 process x batch 4:  {one['final_loss']:.6f}")
+print(f"final loss, 2 processes x batch 2: {two['final_loss']:.6f}")
+print(f"relative weight difference: {rel:.1e}")
+assert abs(one["final_loss"] - two["final_loss"]) <= 1e-5 * abs(one["final_loss"]) and rel < 1e-5
+
+# %% [markdown]
+# What differs is float rounding: the two processes' gradients are averaged by an
+# all-reduce, not summed inside one batch. The same two runs from the shell:
+#
+# ```bash
+# python -m cnetlib.train_sd --preset tiny --batch-size 4 --output-dir runs/one
+# torchrun --standalone --nproc_per_node 2 -m cnetlib.train_sd --preset tiny --batch-size 2 --output-dir runs/two
+# ```
+#
+# On a machine with GPUs:
+#
+# ```bash
+# accelerate config                      # once: how many GPUs, mixed precision...
+# accelerate launch --num_processes 8 -m cnetlib.train_sd --preset pretrained --batch-size 4 ...   # global batch 32
+# # several machines: the same command on each, with --num_machines M --machine_rank R
+# #                   --main_process_ip HOST --main_process_port PORT
+# ```
+#
+# What changes with N: the global batch (keep `batch_size × N × gradient_accumulation_steps`
+# where you want it: the reference tutorial trains SD at batch 4 with lr 1e-5, and a larger
+# global batch may want another learning rate), the wall time per step (the data and the model are split, the gradient
+# all-reduce is added), and nothing else: the same seed gives the same run.
+#
+# ## 4 · What a ControlNet step costs
 #
 # `cnetlib.costs.compare_costs` times one training step of each setting on the same
 # UNet and batch, and takes its memory: on a GPU the peak allocated; on a CPU the same

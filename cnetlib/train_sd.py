@@ -17,6 +17,15 @@ nodes (``accelerate launch``). What it does, as the paper and the reference tuto
   step and the data generator's state) that ``--resume`` continues exactly;
 * validation samples and the condition-fidelity IoU every ``--validate-every`` steps,
   a JSON-lines log, tqdm progress; the final ControlNet in diffusers' format.
+
+Many processes: ``--batch-size`` is per process. Each step draws one global batch of
+``batch_size × num_processes`` (samples, latent noise, ε, t, prompt drops) from the seeded
+generator, which every process holds in the same state, and process r trains on slice r;
+DDP's gradient mean then equals one process at the global batch (a test checks 2 × 2
+against 1 × 4), and ``--resume`` restores the generator, so a resumed multi-process run
+equals an uninterrupted one. Validation and checkpoint files are written by the main
+process; the others wait for it. A Ctrl-C from the launcher reaches every process, and
+each saves its part of the checkpoint.
 """
 from __future__ import annotations
 
@@ -39,7 +48,6 @@ from .checks import check_number
 from .data import FULL_PALETTE, LazyPairs
 from .runtime import require_extra
 from .sd import SD15_ID, SDControlNet, SDParts, encode_prompts
-from .train import drop_prompts
 
 require_extra("cnetlib.train_sd", ("accelerate",))  # a clear pip command, not a raw ModuleNotFoundError later
 
@@ -112,25 +120,46 @@ def make_dataset(cfg: SDTrainConfig) -> LazyPairs:
     return LazyPairs(cfg.n_train, size=cfg.resolution, seed=cfg.seed, palette=FULL_PALETTE)
 
 
-def draw_batch(data: LazyPairs, batch_size: int, g: torch.Generator) -> dict:
-    """A random batch (indices from ``g``), stacked: the only randomness in data order."""
-    idx = torch.randint(0, len(data), (batch_size,), generator=g).tolist()
+def shard(batch_size: int, rank: int = 0, world: int = 1) -> tuple[int, slice]:
+    """The global batch of a step (``batch_size`` per process × ``world`` processes) and the
+    slice of it that process ``rank`` trains on."""
+    return batch_size * world, slice(rank * batch_size, (rank + 1) * batch_size)
+
+
+def draw_batch(data: LazyPairs, batch_size: int, g: torch.Generator, rank: int = 0, world: int = 1) -> dict:
+    """This process's share of a random global batch: the indices of all ``batch_size × world``
+    samples come from ``g`` (the same draws on every process), and only rank ``rank``'s slice
+    is loaded. So N processes draw together what one process at N times the batch draws."""
+    total, mine = shard(batch_size, rank, world)
+    idx = torch.randint(0, len(data), (total,), generator=g)[mine].tolist()
     items = [data[i] for i in idx]
     return {"source": torch.stack([it["source"] for it in items]), "target": torch.stack([it["target"] for it in items]),
             "prompt": [it["prompt"] for it in items]}
 
 
 def controlnet_loss(parts: SDParts, controlnet: SDControlNet, batch: dict, g: torch.Generator,
-                    drop_prompt: float, weight_dtype: torch.dtype) -> torch.Tensor:
-    """The paper's objective ‖ε − ε_θ(z_t, t, c_t, c_f)‖² on one batch (or v for v-prediction models)."""
+                    drop_prompt: float, weight_dtype: torch.dtype, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The paper's objective ‖ε − ε_θ(z_t, t, c_t, c_f)‖² on one batch (or v for v-prediction models).
+
+    ``batch`` is rank ``rank``'s share of a global batch (:func:`draw_batch`). Every random
+    draw (the VAE's latent sample, ε, t, the dropped prompts) is made for the whole global
+    batch from ``g`` and sliced, so the ``world`` processes together compute the loss one
+    process would at the global batch; DDP's mean of their gradients is that loss's gradient.
+    """
     device = parts.device
+    total, mine = shard(batch["target"].shape[0], rank, world)
     with torch.no_grad():
         x0 = batch["target"].to(device, weight_dtype)
-        z0 = parts.vae.encode(x0).latent_dist.sample(generator=g) * parts.vae.config.scaling_factor  # frozen VAE
-        noise = torch.randn(z0.shape, generator=g).to(device, z0.dtype)
-        t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (z0.shape[0],), generator=g).to(device)
+        latent = parts.vae.encode(x0).latent_dist                     # frozen VAE: mean and std of q(z|x)
+        shape = (total, *latent.mean.shape[1:])
+        z0 = latent.mean + latent.std * torch.randn(shape, generator=g)[mine].to(device, latent.mean.dtype)
+        z0 = z0 * parts.vae.config.scaling_factor
+        noise = torch.randn(shape, generator=g)[mine].to(device, z0.dtype)
+        t = torch.randint(0, parts.scheduler.config.num_train_timesteps, (total,), generator=g)[mine].to(device)
         z_t = parts.scheduler.add_noise(z0, noise, t)
-        c_t = encode_prompts(parts, drop_prompts(batch["prompt"], drop_prompt, g))   # 50 % empty prompts
+        keep = (torch.rand(total, generator=g) >= drop_prompt)[mine].tolist()
+        prompts = [p if k else "" for p, k in zip(batch["prompt"], keep)]
+        c_t = encode_prompts(parts, prompts)                          # 50 % empty prompts
     cond = batch["source"].to(device, weight_dtype)
     down, mid = controlnet(z_t, t, c_t, cond)                         # trainable, fp32 weights
     pred = parts.unet(z_t, t, encoder_hidden_states=c_t,
@@ -209,8 +238,10 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
 
     out = Path(cfg.output_dir)
     check_run_folder(cfg, out)
+    # several CPU processes (torchrun, no GPU): accelerate talks gloo between them only when told cpu=True
+    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                      project_dir=str(out))
+                      project_dir=str(out), cpu=cpu_processes)
     set_seed(cfg.seed)
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
     parts = parts or load_parts(cfg)
@@ -274,14 +305,15 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
             for _ in range(cfg.gradient_accumulation_steps):
                 with acc.accumulate(controlnet):
                     with acc.autocast():
-                        loss = controlnet_loss(parts, controlnet, draw_batch(data, cfg.batch_size, g), g,
-                                               cfg.drop_prompt, weight_dtype)
+                        batch = draw_batch(data, cfg.batch_size, g, acc.process_index, acc.num_processes)
+                        loss = controlnet_loss(parts, controlnet, batch, g, cfg.drop_prompt, weight_dtype,
+                                               acc.process_index, acc.num_processes)
                     acc.backward(loss)
                     if acc.sync_gradients:
                         acc.clip_grad_norm_(controlnet.parameters(), cfg.max_grad_norm)
                     opt.step()
                     opt.zero_grad(set_to_none=True)
-                micro.append(loss.item())
+                micro.append(acc.gather(loss.detach()[None]).mean().item())   # the global batch's loss
             state["step"] += 1
             state["losses"].append(sum(micro) / len(micro))
             g_done = g.get_state()
@@ -295,6 +327,7 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
                     state["log"].append(row)
                     with open(out / "log.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
+                acc.wait_for_everyone()   # the other processes wait for the main one's validation
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
@@ -310,10 +343,46 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
             "controlnet": acc.unwrap_model(controlnet)}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def to_argv(cfg: SDTrainConfig) -> list[str]:
+    """The command-line flags from which :func:`parse_config` builds ``cfg`` again."""
+    argv: list[str] = []
+    for f, v in asdict(cfg).items():
+        flag = "--" + f.replace("_", "-")
+        if isinstance(v, bool):
+            argv += [flag] if v and f != "progress" else []
+        elif v is not None:
+            argv += [flag, str(v)]
+    return argv + ([] if cfg.progress else ["--no-progress"])
+
+
+def launch(cfg: SDTrainConfig, processes: int, *, cpu: bool = False, timeout: float | None = None) -> dict:
+    """Run ``cfg`` in ``processes`` processes and return the summary it prints: ``accelerate
+    launch --num_processes N -m cnetlib.train_sd …``, the command a reader types on a machine
+    with N GPUs, or with ``cpu=True`` ``torchrun --standalone --nproc_per_node N -m
+    cnetlib.train_sd …``: N CPU processes talking over gloo (chapter 08 and the tests;
+    ``accelerate launch`` starts a single process on a machine without GPUs).
+    ``cfg.batch_size`` is per process: the run trains at a global batch of ``batch_size × N``."""
+    import subprocess
+
+    if cpu:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "cnetlib.train_sd", *to_argv(cfg)]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+               "--num_machines", "1", "--mixed_precision", cfg.mixed_precision, "--dynamo_backend", "no",
+               "-m", "cnetlib.train_sd", *to_argv(cfg)]
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if cpu else {})}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"accelerate launch with {processes} processes failed (exit {p.returncode}):\n"
+                           + p.stderr[-2000:])
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def parse_config(argv: Sequence[str] | None = None) -> SDTrainConfig:
+    """The command line's :class:`SDTrainConfig`: one flag per field (``--lr-warmup-steps``…)."""
     p = argparse.ArgumentParser(prog="python -m cnetlib.train_sd", description=__doc__.split("\n")[0])
-    d = SDTrainConfig()
-    for f, v in asdict(d).items():
+    for f, v in asdict(SDTrainConfig()).items():
         flag = "--" + f.replace("_", "-")
         if isinstance(v, bool):
             p.add_argument(flag, action="store_true", default=v)
@@ -321,16 +390,20 @@ def main(argv: Sequence[str] | None = None) -> None:
             p.add_argument(flag, type=type(v) if v is not None else str, default=v)
     p.add_argument("--no-progress", action="store_true")
     a = vars(p.parse_args(argv))
-    no_progress = a.pop("no_progress")
-    cfg = SDTrainConfig(**a)
-    if no_progress:
-        cfg.progress = False
+    a["progress"] = a["progress"] and not a.pop("no_progress")
+    return SDTrainConfig(**a)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    cfg = parse_config(argv)
     try:
         result = train(cfg)
     except KeyboardInterrupt:
         print(f"interrupted: the checkpoint is in {cfg.output_dir}; run the same command with --resume to continue",
               file=sys.stderr)
         raise SystemExit(130) from None
+    if int(os.environ.get("RANK", "0")) != 0:   # one summary per run, from the main process
+        return
     print(json.dumps({"steps": result["step"], "final_loss": result["losses"][-1] if result["losses"] else None,
                       "seconds": round(result["seconds"], 1), "output_dir": result["output_dir"],
                       "last_validation": {k: v for k, v in (result["log"][-1] if result["log"] else {}).items()

@@ -210,7 +210,7 @@ def test_bad_input_names_what_was_expected(tiny):
         net(x, t, ehs, cond[..., :32, :32])
     with pytest.raises(ValueError, match=r"controlnet_cond: expected values in \[0.0, 1.0\]"):
         net(x, t, ehs, cond * 2 - 1)
-    with pytest.raises(ValueError, match="class_embed_type='timestep' is not supported"):
+    with pytest.raises(ValueError, match="class_embed_type: expected None"):
         controlnet_config({**TINY_UNET_CONFIG, "class_embed_type": "timestep"})
     with pytest.raises(ValueError, match="connection_scales: expected 7 values"):
         net(x, t, ehs, cond, connection_scales=[1.0] * 3)

@@ -23,7 +23,8 @@ SD15_UNET_CONFIG: dict[str, Any] = {
 SD21_UNET_CONFIG: dict[str, Any] = {**SD15_UNET_CONFIG, "sample_size": 96, "cross_attention_dim": 1024,
                                     "attention_head_dim": [5, 10, 20, 20], "use_linear_projection": True}
 
-#: UNet config keys a ControlNet shares (diffusers ``ControlNetModel`` config names).
+#: UNet config keys a ControlNet shares (diffusers ``ControlNetModel`` config names): honoured
+#: on every path (from_unet, from_diffusers, save/load, export).
 SHARED_KEYS = ("in_channels", "flip_sin_to_cos", "freq_shift", "down_block_types", "only_cross_attention",
                "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
                "norm_num_groups", "norm_eps", "cross_attention_dim", "transformer_layers_per_block",
@@ -34,22 +35,66 @@ DEFAULTS: dict[str, Any] = {"only_cross_attention": False, "transformer_layers_p
                             "resnet_time_scale_shift": "default", "mid_block_type": "UNetMidBlock2DCrossAttn",
                             "downsample_padding": 1, "mid_block_scale_factor": 1, "act_fn": "silu",
                             "norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0}
-UNSUPPORTED = {"class_embed_type": None, "num_class_embeds": None, "addition_embed_type": None,
-               "encoder_hid_dim": None, "encoder_hid_dim_type": None}
+#: Keys that change the encoder half but that ``SDControlNet`` does not implement: refused
+#: unless they hold the value here (SD 1.x/2.x have it), with a message naming the key.
+UNSUPPORTED: dict[str, Any] = {
+    "class_embed_type": None, "num_class_embeds": None, "addition_embed_type": None, "addition_time_embed_dim": None,
+    "projection_class_embeddings_input_dim": None, "class_embeddings_concat": False,
+    "encoder_hid_dim": None, "encoder_hid_dim_type": None, "dual_cross_attention": False,
+    "resnet_skip_time_act": False, "resnet_out_scale_factor": 1.0, "time_embedding_type": "positional",
+    "time_embedding_dim": None, "time_embedding_act_fn": None, "timestep_post_act": None, "time_cond_proj_dim": None,
+    "conv_in_kernel": 3, "attention_type": "default", "dropout": 0.0,
+}
+#: UNet keys that concern only the decoder, the output or the base's own input handling,
+#: which a ControlNet does not have (diffusers' ``ControlNetModel`` ignores them too).
+BASE_ONLY = ("sample_size", "out_channels", "up_block_types", "reverse_transformer_layers_per_block",
+             "conv_out_kernel", "center_input_sample",
+             # used by SimpleCrossAttn blocks only, which down_block_types / mid_block_type refuse:
+             "mid_block_only_cross_attention", "cross_attention_norm",
+             # used with addition_embed_type only, which is refused:
+             "addition_embed_type_num_heads")
+#: ``ControlNetModel``'s own keys: the condition encoder, the channel order, pooling.
+CONTROLNET_KEYS = ("conditioning_channels", "conditioning_embedding_out_channels",
+                   "controlnet_conditioning_channel_order", "global_pool_conditions")
+#: The blocks SDControlNet builds (SD 1.x / 2.x).
+DOWN_BLOCKS = ("CrossAttnDownBlock2D", "DownBlock2D")
+MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
+
+
+def check_layout(cfg: dict) -> None:
+    """Refuse, naming the key, a UNet or ControlNet config that SDControlNet would not reproduce."""
+    for key, neutral in UNSUPPORTED.items():
+        if key in cfg and cfg[key] != neutral and not (isinstance(neutral, float) and cfg[key] == neutral):
+            raise ValueError(f"{key}: expected {neutral!r} (SD 1.x/2.x layouts; SDControlNet does not implement "
+                             f"other values), got {cfg[key]!r}")
+    bad = [b for b in cfg.get("down_block_types", ()) if b not in DOWN_BLOCKS]
+    if bad:
+        raise ValueError(f"down_block_types: expected blocks among {DOWN_BLOCKS}, got {bad[0]!r}")
+    if cfg.get("mid_block_type", MID_BLOCKS[0]) not in MID_BLOCKS:
+        raise ValueError(f"mid_block_type: expected {MID_BLOCKS[0]!r}, got {cfg['mid_block_type']!r}")
+    widths = cfg.get("conditioning_embedding_out_channels")
+    if widths is not None and len(widths) != 4:
+        raise ValueError(f"conditioning_embedding_out_channels: expected 4 widths (3 stride-2 steps: the control "
+                         f"image at 8x the latent size, SD's VAE factor), got {len(widths)}: {list(widths)}")
+    if cfg.get("controlnet_conditioning_channel_order", "rgb") != "rgb":
+        raise ValueError("controlnet_conditioning_channel_order: expected 'rgb', got "
+                         f"{cfg['controlnet_conditioning_channel_order']!r}")
 
 
 def controlnet_config(unet_config: dict, conditioning_channels: int = 3,
-                      conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256)) -> dict:
-    """The ControlNet config (diffusers ``ControlNetModel`` names) for a UNet config."""
+                      conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256),
+                      global_pool_conditions: bool = False) -> dict:
+    """The ControlNet config (diffusers ``ControlNetModel`` names) for a UNet config.
+
+    Every key of the UNet config is honoured (:data:`SHARED_KEYS`), irrelevant to a
+    ControlNet (:data:`BASE_ONLY`), or refused unless neutral (:data:`UNSUPPORTED`)."""
     cfg = dict(unet_config)
-    for key, neutral in UNSUPPORTED.items():
-        if cfg.get(key, neutral) != neutral:
-            raise ValueError(f"unet config: {key}={cfg[key]!r} is not supported (SD 1.x/2.x layouts only); "
-                             f"expected {neutral!r}")
+    check_layout({**cfg, "conditioning_embedding_out_channels": conditioning_embedding_out_channels})
     out = {k: cfg.get(k, DEFAULTS.get(k)) for k in SHARED_KEYS}
     out["conditioning_channels"] = conditioning_channels
     out["conditioning_embedding_out_channels"] = list(conditioning_embedding_out_channels)
     out["controlnet_conditioning_channel_order"] = "rgb"
+    out["global_pool_conditions"] = bool(global_pool_conditions)
     for k, v in out.items():
         if isinstance(v, tuple):
             out[k] = list(v)

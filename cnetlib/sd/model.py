@@ -12,7 +12,7 @@ from ..checks import check_images
 from ..control import connection_weights, weigh_and_sum
 from ..controlnet import ConditionEncoder, trainable_copy, zero_conv
 from ..unet import Connection
-from .config import CONTROLNET_FILES, SD15_UNET_CONFIG, SHARED_KEYS, UNSUPPORTED, _per_level, controlnet_config, hint_channels
+from .config import CONTROLNET_FILES, SD15_UNET_CONFIG, _per_level, check_layout, controlnet_config, hint_channels
 from .keys import _load_state_dict, from_diffusers_key, from_original_key, to_diffusers_key, to_original_key
 from .parts import load_failure
 
@@ -37,8 +37,7 @@ class SDControlNet(nn.Module):
 
         self.config = dict(config)
         cfg = self.config
-        if cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
-            raise ValueError(f"mid_block_type: expected 'UNetMidBlock2DCrossAttn', got {cfg['mid_block_type']!r}")
+        check_layout(cfg)
         ch = list(cfg["block_out_channels"])
         n = len(ch)
         if len(cfg["down_block_types"]) != n:
@@ -98,7 +97,8 @@ class SDControlNet(nn.Module):
     # ---- construction -------------------------------------------------------------------
     @classmethod
     def from_unet(cls, unet, conditioning_channels: int = 3,
-                  conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256)) -> "SDControlNet":
+                  conditioning_embedding_out_channels: Sequence[int] = (16, 32, 96, 256),
+                  global_pool_conditions: bool = False) -> "SDControlNet":
         """Θc = a trainable copy of ``unet``'s encoder half; E and Z keep their own initialisation.
 
         The ControlNet is float32 whatever the UNet's dtype: trainable weights stay in fp32
@@ -108,7 +108,8 @@ class SDControlNet(nn.Module):
             raise TypeError(f"unet: expected a diffusers UNet2DConditionModel, got {type(unet).__name__}"
                             + (" (the toy's ControlNet is cnetlib.controlnet.toy_controlnet)"
                                if type(unet).__name__ == "ToyUNet" else ""))
-        net = cls(controlnet_config(dict(unet.config), conditioning_channels, conditioning_embedding_out_channels))
+        net = cls(controlnet_config(dict(unet.config), conditioning_channels, conditioning_embedding_out_channels,
+                                    global_pool_conditions))
         for part in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
             setattr(net, part, trainable_copy(getattr(unet, part)).float())
         return net
@@ -124,11 +125,10 @@ class SDControlNet(nn.Module):
             except (OSError, ValueError) as e:
                 raise OSError("could not load the ControlNet: "
                               + load_failure(model, "a diffusers ControlNet", e, CONTROLNET_FILES)) from e
-        keys = {k: model.config.get(k) for k in (*SHARED_KEYS, *UNSUPPORTED) if k in model.config}
-        cfg = controlnet_config(keys, model.config["conditioning_channels"],
-                                model.config["conditioning_embedding_out_channels"])
-        if model.config.get("controlnet_conditioning_channel_order", "rgb") != "rgb":
-            raise ValueError("controlnet_conditioning_channel_order: expected 'rgb', got 'bgr'")
+        check_layout(dict(model.config))   # every key honoured, or refused by name
+        cfg = controlnet_config({k: v for k, v in model.config.items() if not k.startswith("_")},
+                                model.config["conditioning_channels"], model.config["conditioning_embedding_out_channels"],
+                                model.config.get("global_pool_conditions", False))
         net = cls(cfg)
         net.load_state_dict({from_diffusers_key(k, net): v for k, v in model.state_dict().items()})
         return net.to(model.dtype)
@@ -227,9 +227,13 @@ class SDControlNet(nn.Module):
         h_ = self.mid_block(h_, emb, encoder_hidden_states=encoder_hidden_states)
         down = [z(f) for z, f in zip(self.zero_convs[:-1], feats)]              # Z(·; Θz2)
         mid = self.zero_convs[-1](h_)
-        if guess_mode:
+        pooled = bool(self.config.get("global_pool_conditions"))
+        if guess_mode and not pooled:   # diffusers: a pooled (shuffle) ControlNet's guess mode keeps w_i = 1
             connection_scales = connection_weights("guess", self.connections)
-        return weigh_and_sum([(down, mid)], [conditioning_scale], connection_scales)   # s · w_i · r_i
+        down, mid = weigh_and_sum([(down, mid)], [conditioning_scale], connection_scales)   # s · w_i · r_i
+        if pooled:   # ControlNet 1.1 shuffle: one value per channel, the mean over H, W
+            down, mid = [d.mean(dim=(2, 3), keepdim=True) for d in down], mid.mean(dim=(2, 3), keepdim=True)
+        return down, mid
 
 
 def fill_zero_layers(net: nn.Module, std: float = 0.05, seed: int = 0) -> nn.Module:

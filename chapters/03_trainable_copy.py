@@ -89,9 +89,8 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 
 # %%
 from cnetlib.base import load_or_train_base
-from cnetlib.controlnet import (
-    TOY_HINT_CHANNELS, ControlledUNet, ControlNet, connection_table, parameter_counts, toy_controlnet,
-)
+from cnetlib.controlnet import TOY_HINT_CHANNELS, ControlNet, toy_controlnet
+from cnetlib.controlled import ControlledUNet, connection_table, parameter_counts
 from cnetlib.probes import count_by_group
 
 base = load_or_train_base()
@@ -158,7 +157,7 @@ assert [r["h_i"] for r in rows] == [32, 32, 16, 16, 8, 8, 8]
 # scale (32 px → 32 × 32 × 16, the width of the toy's first level):
 
 # %%
-from cnetlib.controlnet import PAPER_HINT_CHANNELS, REFERENCE_HINT_CHANNELS, ConditionEncoder
+from cnetlib.condition import PAPER_HINT_CHANNELS, REFERENCE_HINT_CHANNELS, ConditionEncoder
 
 width = base.config.channels[0]   # 16
 encoders = {

@@ -19,10 +19,12 @@ through both samplers and checks they weigh the connections alike.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 
+from .checks import check_control_window, check_number
 from .unet import Connection
 
 MODES = ("both", "cond_only", "resolution_weighted", "guess")
@@ -85,6 +87,34 @@ def branch_weights(mode: str, connections: Sequence[Connection] | Sequence[int],
     """
     w = connection_weights(mode, connections, max_weight)
     return (w if mode == "both" else None), w
+
+
+@dataclass(frozen=True)
+class ControlOptions:
+    """How control is applied while sampling, one type for the toy's ``sample`` and SD's
+    ``generate`` (they take these as keyword arguments and build one): the ``mode``, a global
+    ``conditioning_scale`` s, the window ``[control_start, control_end)`` of sampling steps
+    (fractions) with control, and resolution weighting's ``max_weight``. Checked once, here."""
+
+    mode: str = "both"
+    conditioning_scale: float = 1.0
+    control_start: float = 0.0
+    control_end: float = 1.0
+    max_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_mode(self.mode)
+        check_number(self.conditioning_scale, name="conditioning_scale")
+        check_number(self.max_weight, name="max_weight", low=0.0, low_open=True)
+        check_control_window(self.control_start, self.control_end)
+
+    def weights(self, connections: Sequence[Connection] | Sequence[int]) -> tuple[list[float] | None, list[float]]:
+        """``(w_uc, w_c)`` for these connections (:func:`branch_weights`)."""
+        return branch_weights(self.mode, connections, self.max_weight)
+
+    def active(self, k: int, n_steps: int) -> bool:
+        """Is control on at sampling step ``k`` of ``n_steps``?"""
+        return control_active(k, n_steps, self.control_start, self.control_end)
 
 
 def control_active(k: int, n_steps: int, start: float = 0.0, end: float = 1.0) -> bool:

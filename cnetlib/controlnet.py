@@ -1,7 +1,8 @@
-"""ControlNet: the zero convolution, the trainable copy, and a frozen base steered by it.
+"""ControlNet: the zero convolution and the trainable copy.
 
-Chapter 02 explains :func:`zero_conv`; chapter 03 builds :class:`ControlNet` and
-:class:`ControlledUNet`. The paper's block (Zhang, Rao & Agrawala, 2023, eq. 2):
+Chapter 02 explains :func:`zero_conv`; chapter 03 builds :class:`ControlNet` (its
+condition encoder is in :mod:`cnetlib.condition`; the frozen base steered by it,
+:class:`~cnetlib.controlled.ControlledUNet`, in :mod:`cnetlib.controlled`). The paper's block (Zhang, Rao & Agrawala, 2023, eq. 2):
 
     y_c = F(x; Θ) + Z(F(x + Z(c; Θz1); Θc); Θz2)
 
@@ -32,20 +33,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checks import check_images, check_number
-from .control import weigh_and_sum
-from .unet import Connection, ToyUNet, UNetConfig, _broadcast_t, count_parameters, timestep_embedding
+from .condition import CONDITION_ENCODERS, TOY_HINT_CHANNELS, ConditionEncoder  # noqa: F401 (chapter 03 imports them here)
+from .unet import Connection, ToyUNet, UNetConfig, _broadcast_t, timestep_embedding
 
-CONDITION_ENCODERS = ("paper", "reference")
 CONNECTORS = ("zero", "gaussian")
 COPIES = ("full", "lite")
 
-#: The paper's text: four 4×4 convs with ReLU, 16/32/64/128 channels.
-PAPER_HINT_CHANNELS = (16, 32, 64, 128)
-#: The reference code (``cldm.py``, diffusers): seven 3×3 convs with SiLU, three of them stride 2.
-REFERENCE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
-#: The toy chapters' condition encoder: the reference layout at 1/8 of its widths (capped at 32),
-#: because at 32 px nothing is downsampled and full widths would cost more than the whole base.
-TOY_HINT_CHANNELS = (8, 8, 16, 16, 32, 32, 32)
 #: ControlNet variants of the ablations (chapters 02 and 04).
 VARIANTS = ("zero", "gaussian", "lite")
 
@@ -96,78 +89,6 @@ def weights_fingerprint(module: nn.Module) -> str:
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------------------
-# The condition encoder E: control image c -> feature map c_f
-# ----------------------------------------------------------------------------------
-class ConditionEncoder(nn.Module):
-    """E(c): maps a control image (B, C, H, W) in [0, 1] to (B, out_ch, H/2^k, W/2^k).
-
-    ``variant="paper"``: the paper's text, convs with 4×4 kernels and ReLU
-    (default 16, 32, 64, 128 channels), followed by the zero conv Z(c; Θz1) (1×1).
-    ``variant="reference"``: the reference code, 3×3 convs with SiLU (default
-    16, 16, 32, 32, 96, 96, 256) and a zero-initialised 3×3 output conv.
-
-    ``downsample`` = k stride-2 steps (3 for SD: 512 → 64). When the grid is finer
-    than the variant's own count (the toy base works in pixel space: k = 0), the
-    surplus stride-2 convs run at stride 1: the strides adapt to the base.
-    """
-
-    def __init__(self, variant: str, in_ch: int, out_ch: int, downsample: int,
-                 channels: Sequence[int] | None = None) -> None:
-        super().__init__()
-        if variant not in CONDITION_ENCODERS:
-            raise ValueError(f"condition encoder: expected one of {CONDITION_ENCODERS}, got {variant!r}")
-        self.variant, self.downsample = variant, downsample
-        layers: list[nn.Module] = []
-        if variant == "paper":
-            chans = tuple(channels or PAPER_HINT_CHANNELS)
-            if downsample > len(chans):
-                raise ValueError(f"downsample: the paper encoder has {len(chans)} convs, cannot downsample {downsample}x")
-            c = in_ch
-            for k, ch in enumerate(chans):
-                if k >= len(chans) - downsample:  # 4×4 / 2 halves the side with padding 1
-                    layers += [nn.Conv2d(c, ch, 4, stride=2, padding=1), nn.ReLU()]
-                else:  # 4×4 / 1 keeps it with padding 1 before and 2 after
-                    layers += [nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(c, ch, 4), nn.ReLU()]
-                c = ch
-            layers.append(zero_conv(c, out_ch, 1))
-        else:
-            chans = tuple(channels or REFERENCE_HINT_CHANNELS)
-            # stride-2 candidates: every conv that increases the channel count after the first
-            candidates = [k for k in range(1, len(chans)) if k % 2 == 0]
-            if downsample > len(candidates):
-                raise ValueError(f"downsample: the reference encoder has {len(candidates)} stride-2 convs, "
-                                 f"cannot downsample {downsample}x")
-            strided = set(candidates[len(candidates) - downsample:])
-            c = in_ch
-            for k, ch in enumerate(chans):
-                layers += [nn.Conv2d(c, ch, 3, stride=2 if k in strided else 1, padding=1), nn.SiLU()]
-                c = ch
-            layers.append(zero_conv(c, out_ch, 3))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return self.layers(c)
-
-    def stages(self, c: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
-        """``(layer, output shape)`` after every conv: what chapter 03 prints."""
-        out = []
-        for layer in self.layers:
-            c = layer(c)
-            if isinstance(layer, nn.Conv2d):
-                out.append((f"conv {layer.kernel_size[0]}x{layer.kernel_size[0]} /{layer.stride[0]}", tuple(c.shape[1:])))
-        return out
-
-    def receptive_field(self) -> int:
-        """Side, in input pixels, of the region one output pixel sees."""
-        rf, jump = 1, 1
-        for layer in self.layers:
-            if isinstance(layer, nn.Conv2d):
-                rf += (layer.kernel_size[0] - 1) * jump
-                jump *= layer.stride[0]
-        return rf
 
 
 # ----------------------------------------------------------------------------------
@@ -406,112 +327,3 @@ def toy_controlnet(base: ToyUNet, variant: str = "zero", *, connector_std: float
     return ControlNet.from_unet(base, condition_encoder=condition_encoder, hint_channels=hint_channels,
                                 connector="gaussian" if variant == "gaussian" else "zero", connector_std=connector_std,
                                 copy="lite" if variant == "lite" else "full", **options)
-
-
-# ----------------------------------------------------------------------------------
-# The frozen base steered by one or more ControlNets
-# ----------------------------------------------------------------------------------
-def _as_list(value, n: int, name: str) -> list:
-    if isinstance(value, (list, tuple)):
-        if len(value) != n:
-            raise ValueError(f"{name}: expected {n} values (one per ControlNet), got {len(value)}")
-        return list(value)
-    return [value] * n
-
-
-def control_residuals(
-    controlnets: Sequence[ControlNet],
-    x: torch.Tensor,
-    t: torch.Tensor,
-    context: torch.Tensor,
-    conditions: Sequence[torch.Tensor],
-    scales: Sequence[float] | float = 1.0,
-    connection_scales: Sequence[float] | None = None,
-    condition_features: Sequence[torch.Tensor] | None = None,
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Σ_k s_k · (residuals of ControlNet k), each connection i further scaled by w_i.
-
-    The paper adds the outputs of several ControlNets without weights (all s_k = 1);
-    diffusers gives each its own ``controlnet_conditioning_scale``. ``connection_scales``
-    (length = number of connections, the middle block last) is the per-connection w_i
-    that guess mode and resolution weighting use (chapter 05). ``condition_features``:
-    each ControlNet's c_f = E(c_k) if already computed (a sampler computes them once).
-    """
-    if len(controlnets) == 0:
-        raise ValueError("controlnets: expected at least one ControlNet, got none")
-    conditions = _as_list(conditions, len(controlnets), "conditions") if isinstance(conditions, (list, tuple)) \
-        else [conditions] * len(controlnets)
-    scales = _as_list(scales, len(controlnets), "scales")
-    n = len(controlnets[0].connections)
-    if connection_scales is not None and len(connection_scales) != n:
-        raise ValueError(f"connection_scales: expected {n} values (one per connection, middle last), "
-                         f"got {len(connection_scales)}")
-    features = [None] * len(controlnets) if condition_features is None \
-        else _as_list(list(condition_features), len(controlnets), "condition_features")
-    residuals = (net(x, t, context, cond, c_f) for net, cond, c_f in zip(controlnets, conditions, features))
-    return weigh_and_sum(residuals, scales, connection_scales)   # Σ_k s_k · w_i · r_{k,i} (cnetlib.control)
-
-
-class ControlledUNet(nn.Module):
-    """The frozen base F(·; Θ) with the residuals of one or more ControlNets added.
-
-    The base is kept in eval mode with ``requires_grad=False``: no gradient ever
-    reaches Θ, only the ControlNets train. ``forward(x, t, context, conditions,
-    scales=1.0, connection_scales=None)``; with one ControlNet, ``conditions`` can be
-    a tensor.
-    """
-
-    def __init__(self, base: ToyUNet, controlnets: ControlNet | Sequence[ControlNet]) -> None:
-        super().__init__()
-        if not isinstance(base, ToyUNet):
-            raise TypeError(f"base: expected the frozen ToyUNet, got {type(base).__name__}")
-        nets = list(controlnets) if isinstance(controlnets, (list, tuple, nn.ModuleList)) else [controlnets]
-        if not nets:
-            raise ValueError("controlnets: expected at least one ControlNet, got none")
-        for k, net in enumerate(nets):
-            if not isinstance(net, ControlNet):
-                raise TypeError(f"controlnets[{k}]: expected a ControlNet, got {type(net).__name__} "
-                                f"(base and ControlNet swapped?)")
-            net.check_base(base)
-        self.base = base.eval().requires_grad_(False)
-        self.controlnets = nn.ModuleList(nets)
-
-    def train(self, mode: bool = True) -> "ControlledUNet":
-        super().train(mode)
-        self.base.eval()  # the frozen model never leaves eval mode
-        return self
-
-    @property
-    def config(self) -> UNetConfig:
-        return self.base.config
-
-    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """c_t from the base's (frozen) text encoder."""
-        return self.base.encode_prompts(prompts)
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                conditions: torch.Tensor | Sequence[torch.Tensor],
-                scales: float | Sequence[float] = 1.0,
-                connection_scales: Sequence[float] | None = None) -> torch.Tensor:
-        down, mid = control_residuals(list(self.controlnets), x, t, context, conditions, scales, connection_scales)
-        return self.base(x, t, context, down_residuals=down, mid_residual=mid)
-
-
-# ----------------------------------------------------------------------------------
-# Inspection: parameter counts and the connection table (chapter 03)
-# ----------------------------------------------------------------------------------
-def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """``{"trainable": ..., "frozen": ...}`` parameter counts."""
-    total = count_parameters(model)
-    trainable = count_parameters(model, trainable_only=True)
-    return {"trainable": trainable, "frozen": total - trainable}
-
-
-def connection_table(net: ControlNet) -> list[dict]:
-    """One row per connection: index, block kind, level, channels, h_i, and the zero conv's size."""
-    rows = []
-    for k, z in zip(net.connections, net.zero_convs):
-        rows.append({"index": k.index, "block": k.kind, "level": k.level, "channels": k.channels,
-                     "h_i": k.resolution, "connector": f"{z.kernel_size[0]}x{z.kernel_size[0]} conv",
-                     "connector_params": z.weight.numel() + z.bias.numel()})
-    return rows

@@ -10,7 +10,6 @@ writes and reads the authors' on-disk layout (``prompt.json`` as JSON Lines,
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,81 +18,15 @@ from typing import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from matplotlib.colors import CSS4_COLORS, to_rgb
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import atomic_write_text
 from .checks import check_number
 
-#: The words the 148 CSS colour names are made of; Fill50K's prompts write each name
-#: as words ("light golden rod yellow" for lightgoldenrodyellow). "marine" is no longer
-#: used (an earlier version spelt "medium aqua marine") but stays: the shipped models'
-#: tokenizer vocabulary (``cnetlib.unet.default_vocabulary``) has it.
-CSS_WORDS = frozenset("""
-alice almond antique aqua aquamarine azure beige bisque black blanched blue blush brick brown burly cadet
-chartreuse chiffon chocolate coral corn cream crimson cyan dark deep dew dim dodger drab fire floral flower
-forest fuchsia gainsboro ghost gold golden gray green grey honey hot indian indigo ivory khaki lace lavender
-lawn lemon light lime linen magenta marine maroon medium midnight mint misty moccasin navajo navy old olive
-orange orchid pale papaya peach peru pink plum powder puff purple rebecca red rod rose rosy royal saddle
-salmon sandy sea shell sienna silk silver sky slate smoke snow spring steel tan teal thistle tomato
-turquoise violet wheat whip white wood yellow
-""".split())
-
-
-def _as_words(name: str) -> str | None:
-    """``"lightgoldenrodyellow"`` -> ``"light golden rod yellow"``: the longest known word first, backtracking."""
-    if not name:
-        return ""
-    for end in range(len(name), 0, -1):
-        if name[:end] in CSS_WORDS:
-            rest = _as_words(name[end:])
-            if rest is not None:
-                return (name[:end] + " " + rest).strip()
-    return None
-
-
-#: The 148 CSS colour names written as words, sorted, and their RGB (from matplotlib's CSS4 table).
-CSS_COLORS: dict[str, tuple[int, int, int]] = dict(sorted(
-    (_as_words(name), tuple(round(255 * v) for v in to_rgb(hex_))) for name, hex_ in CSS4_COLORS.items()))
-
-
-def _resolve(name: str) -> str:
-    key = " ".join(name.lower().split())
-    if key in CSS_COLORS:
-        return key
-    joined = key.replace(" ", "")
-    for k in CSS_COLORS:
-        if k.replace(" ", "") == joined:
-            return k
-    close = difflib.get_close_matches(key, list(CSS_COLORS), n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(f"unknown colour name {name!r}: expected one of the 148 CSS colour names written as words.{hint}")
-
-
-def color_rgb(name: str) -> tuple[int, int, int]:
-    """RGB of a CSS colour given by name ("pale golden rod", "palegoldenrod" or "PaleGoldenRod")."""
-    return CSS_COLORS[_resolve(name)]
-
-
-def check_palette(palette: Sequence[str]) -> tuple[str, ...]:
-    """Normalise a palette to CSS names written as words; reject unknown or too few colours."""
-    if isinstance(palette, str):
-        raise TypeError(f"palette: expected a sequence of colour names, got the string {palette!r}")
-    names = tuple(_resolve(p) for p in palette)
-    if len(set(names)) < 2:
-        raise ValueError(f"palette: expected at least 2 distinct colours, got {list(palette)!r}")
-    return names
-
-
-#: Eight well-separated CSS colours for the toy chapters (32 px): a palette small
-#: enough for a 1M-parameter model to learn on a CPU, with multi-word names so the
-#: tokenizer still has to read phrases.
-TOY_PALETTE: tuple[str, ...] = (
-    "red", "gold", "lime green", "deep sky blue", "blue", "dark violet", "white", "black",
+from .colours import (  # noqa: F401 (the data's colours, importable from here as chapter 01 does)
+    CSS_COLORS, CSS_WORDS, FULL_PALETTE, TOY_PALETTE, check_palette, color_rgb, colour_name,
 )
-#: Every CSS colour, as the authors' Fill50K uses (the 512 px data).
-FULL_PALETTE: tuple[str, ...] = tuple(CSS_COLORS)
 
 
 # ----------------------------------------------------------------------------------
@@ -225,7 +158,7 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
         raise ValueError(
             f"prompt: expected '<colour> circle with <colour> background', got {prompt!r}"
         ) from None
-    return _resolve(circle), _resolve(background)
+    return colour_name(circle), colour_name(background)
 
 
 # ----------------------------------------------------------------------------------

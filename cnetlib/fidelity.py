@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .controlnet import ControlledUNet
+from .controlled import ControlledUNet
 from .data import Fill50k, source_to_tensor, target_to_tensor
 from .guidance import Control, sample
 from .metrics import as_uint8_images, iou, placement, prompt_following, segment_circle

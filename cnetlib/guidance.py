@@ -32,12 +32,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .checks import check_control_window, check_images, check_number, check_prompts
+from .checks import check_images, check_number, check_prompts
 from .control import (  # noqa: F401  (the mode table and the sum: one core for the toy and SD)
-    MODES, branch_weights, check_mode, connection_weights, control_active, guess_weights, reference_guess_weights,
-    resolution_weights, with_zero_branch,
+    MODES, ControlOptions, branch_weights, check_mode, connection_weights, control_active, guess_weights,
+    reference_guess_weights, resolution_weights, with_zero_branch,
 )
-from .controlnet import ControlNet, control_residuals
+from .controlnet import ControlNet
+from .controlled import control_residuals
 from .diffusion import ddim_sample, ddim_timesteps, ddpm_sample, make_schedule
 from .unet import Connection, ToyUNet
 
@@ -100,11 +101,8 @@ def guided_model_fn(
 
     ``timesteps`` are the sampler's steps (to know which fraction of the run step t is).
     """
-    check_mode(mode)
+    opts = ControlOptions(mode, conditioning_scale, control_start, control_end, max_weight)   # checked there
     check_number(guidance, name="guidance")
-    check_number(conditioning_scale, name="conditioning_scale")
-    check_number(max_weight, name="max_weight", low=0.0, low_open=True)
-    check_control_window(control_start, control_end)
     for k, c in enumerate(controls):
         check_number(c.scale, name=f"controls[{k}].scale")
     nets = [c.controlnet for c in controls]
@@ -123,7 +121,7 @@ def guided_model_fn(
     conds_2, c_fs_2 = [torch.cat([c, c]) for c in conds], [torch.cat([f, f]) for f in c_fs]
 
     def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        on = bool(controls) and control_active(index[int(t[0])], len(timesteps), control_start, control_end)
+        on = bool(controls) and opts.active(index[int(t[0])], len(timesteps))
         if guidance == 1.0:  # β = 1: ε = ε_c, no unconditional branch at all
             x = x.contiguous(memory_format=torch.channels_last)
             kw = dict(zip(("down_residuals", "mid_residual"),

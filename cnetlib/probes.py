@@ -7,7 +7,8 @@ from typing import Sequence
 
 import torch
 
-from .controlnet import ControlledUNet, ControlNet
+from .controlnet import ControlNet
+from .controlled import ControlledUNet
 from .diffusion import diffusion_loss, make_schedule
 from .unet import ToyUNet
 

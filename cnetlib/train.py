@@ -323,7 +323,7 @@ def train_controlnet(
     with the differences named, before anything is written. ``on_step(step, controlnet)`` is called
     after every optimiser step (chapter 02 records the zero convs' norms with it).
     """
-    from .controlnet import ControlledUNet
+    from .controlled import ControlledUNet
 
     check_number(steps, name="steps", low=1, integer=True)
     check_number(batch_size, name="batch_size", low=1, integer=True)

@@ -42,7 +42,7 @@ def trained(net):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_toy_and_sd_samplers_run_one_mode_table(monkeypatch, mode):
-    import cnetlib.controlnet as toy_cn
+    import cnetlib.controlled as toy_cn
     import cnetlib.guidance as toy_guidance
     import cnetlib.sd.pipeline as sd_pipeline
     from cnetlib.sd import SDControlNet, SDParts, generate

@@ -5,10 +5,8 @@ import pytest
 import torch
 
 from cnetlib.checkpoint import load_checkpoint, save_checkpoint
-from cnetlib.controlnet import (
-    ConditionEncoder, ControlledUNet, ControlNet, ControlNetConfig, connection_table, control_residuals,
-    gaussian_conv, parameter_counts, trainable_copy, zero_conv,
-)
+from cnetlib.controlnet import ConditionEncoder, ControlNet, ControlNetConfig, gaussian_conv, trainable_copy, zero_conv
+from cnetlib.controlled import ControlledUNet, connection_table, control_residuals, parameter_counts
 from cnetlib.unet import ToyUNet, UNetConfig
 from tiny import TINY_CFG as CFG
 from tiny import TINY_HINT, tiny_base, tiny_controlnet

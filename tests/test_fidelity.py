@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from cnetlib.controlnet import ControlledUNet
+from cnetlib.controlled import ControlledUNet
 from cnetlib.fidelity import FidelityProbe, Measurement, guidance_table, measure, modes_by_settings_grid, \
     plot_guidance_table
 from cnetlib.guidance import Control

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from cnetlib.controlnet import ControlledUNet, control_residuals
+from cnetlib.controlled import ControlledUNet, control_residuals
 from cnetlib.diffusion import classifier_free_guidance, ddim_timesteps
 from cnetlib.guidance import (
     MODES, Control, connection_weights, control_active, guess_weights, guided_model_fn, resolution_weights, sample,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnetlib.controlnet import ControlledUNet, ControlNet
+from cnetlib.controlnet import ControlNet
+from cnetlib.controlled import ControlledUNet
 from cnetlib.data import Fill50k, target_to_tensor
 from cnetlib.fidelity import FidelityProbe, condition_iou
 from cnetlib.train import train_controlnet

@@ -493,7 +493,7 @@ def _():
 
 @case("ControlledUNet(base, base)", "controlnet")
 def _():
-    from cnetlib.controlnet import ControlledUNet
+    from cnetlib.controlled import ControlledUNet
     ControlledUNet(base(), base())
 
 
@@ -778,7 +778,7 @@ def _():
 @case("train_sd: resume with other data of the same length", "data")
 def _():
     from cnetlib.data import write_fill50k
-    a, b = TMP / "sd_data_a", TMP / "sd_data_b"
+    a = TMP / "sd_data_a"
     write_fill50k(a, 4, size=32, seed=0, progress=False)
     sd_train(output_dir=str(TMP / "sd_data"), checkpoint_every=1, data=str(a))
     write_fill50k(a, 4, size=32, seed=1, progress=False)   # the same folder, other pairs

@@ -20,7 +20,8 @@ import numpy as np
 from ..base import load_or_train_base
 from ..checks import check_number
 from ..checkpoint import atomic_save_npz, atomic_write_text, check_writable, save_checkpoint
-from ..controlnet import TOY_HINT_CHANNELS, VARIANTS, parameter_counts, toy_controlnet
+from ..controlnet import TOY_HINT_CHANNELS, VARIANTS, toy_controlnet
+from ..controlled import parameter_counts
 from ..convergence import detect_jump, per_sample_jumps, summarize_per_sample
 from ..data import CONDITIONS, Fill50k
 from ..fidelity import FidelityProbe
@@ -58,7 +59,7 @@ def final_evaluation(base, controlnet, recipe: Recipe = RECIPE, device: str = "c
     (the training curve uses ``probe_n``): IoU and placement with the prompt (mode both, β 3),
     with the empty prompt at β = 1 (the plain controlled model), and with the empty prompt in
     ``recipe.no_prompt_mode`` at β = ``recipe.no_prompt_guidance`` (chapter 05's best mode)."""
-    from ..controlnet import ControlledUNet
+    from ..controlled import ControlledUNet
     from ..fidelity import _finite_or_none, condition_iou
     from ..guidance import Control, sample
     from ..metrics import placement

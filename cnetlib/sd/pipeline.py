@@ -6,8 +6,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..checks import check_control_window, check_images, check_number, check_prompts
-from ..control import branch_weights, check_mode, control_active, weigh_and_sum, with_zero_branch
+from ..checks import check_images, check_number, check_prompts
+from ..control import ControlOptions, weigh_and_sum, with_zero_branch
 from ..guidance import Control
 from .model import SDControlNet
 from .parts import SDParts
@@ -89,7 +89,7 @@ def generate(
 
     from ..guidance import _as_controls
 
-    check_mode(mode)
+    opts = ControlOptions(mode, conditioning_scale, control_start, control_end, max_weight)   # checked there
     prompts = check_prompts([prompts] if isinstance(prompts, str) else prompts)
     if not isinstance(negative_prompt, str):
         raise TypeError(f"negative_prompt: expected a string (\"\" for none), got {type(negative_prompt).__name__}")
@@ -105,9 +105,7 @@ def generate(
         if value % vsf:
             raise ValueError(f"{name}: expected a multiple of {vsf} (the VAE's factor), got {value}")
     check_number(steps, name="steps", low=1, integer=True)
-    for name, value in (("guidance_scale", guidance_scale), ("conditioning_scale", conditioning_scale)):
-        check_number(value, name=name)   # NaN would silently turn guidance off
-    check_control_window(control_start, control_end)
+    check_number(guidance_scale, name="guidance_scale")   # NaN would silently turn guidance off
     controls = _as_controls(controls)
     for k, c in enumerate(controls):
         if not isinstance(c.controlnet, SDControlNet):
@@ -117,7 +115,7 @@ def generate(
     controls = [Control(c.controlnet, prepare_condition(c.condition, height, width, b, device, dtype), c.scale)
                 for c in controls]
     # cnetlib.control's mode table and sum, as the toy sampler uses them (chapter 05 -> chapter 07)
-    w_uc, w_c = branch_weights(mode, controls[0].controlnet.connections, max_weight) if controls else (None, None)
+    w_uc, w_c = opts.weights(controls[0].controlnet.connections) if controls else (None, None)
     scales = [c.scale * conditioning_scale for c in controls]
     cfg = guidance_scale > 1.0
     cond = encode_prompts(parts, prompts)
@@ -132,7 +130,7 @@ def generate(
         x_in = torch.cat([latents] * 2) if cfg else latents
         x_in = sched.scale_model_input(x_in, t)
         down = mid = None
-        if controls and control_active(i, len(timesteps), control_start, control_end):
+        if controls and opts.active(i, len(timesteps)):
             nd = next(controls[0].controlnet.parameters()).dtype  # an fp32 ControlNet may steer an fp16 UNet
             if w_uc is not None or not cfg:  # mode "both" (or no CFG): every latent of the batch is controlled
                 res = [c.controlnet(x_in.to(nd), t, embeds.to(nd),

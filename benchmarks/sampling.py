@@ -22,7 +22,8 @@ import time
 import torch
 
 from cnetlib.base import load_or_train_base
-from cnetlib.controlnet import ControlledUNet, toy_controlnet
+from cnetlib.controlnet import toy_controlnet
+from cnetlib.controlled import ControlledUNet
 from cnetlib.diffusion import ddim_sample, make_schedule
 from cnetlib.fidelity import FidelityProbe
 from cnetlib.guidance import Control, sample

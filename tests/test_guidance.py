@@ -159,3 +159,19 @@ def test_bad_sampling_arguments_are_named():
         args = {"prompts": prompts, "controls": ok, "steps": 2, **kw}
         with pytest.raises(error, match=message):
             sample(base, args.pop("prompts"), args.pop("controls"), **args)
+
+
+def test_the_sampling_benchmark_runs_and_its_two_ways_agree(capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "sampling.py"
+    spec = importlib.util.spec_from_file_location("sampling_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--n", "2", "--steps", "2", "--repeat", "1"])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["mode"] for r in rows] == ["both", "cond_only", "both"]
+    for r in rows:                                   # the formula's two passes and the one batch: same samples
+        assert r["two_passes_s"] > 0 and r["one_batch_s"] > 0 and r["mean_abs_diff"] < 1e-4

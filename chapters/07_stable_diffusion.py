@@ -184,7 +184,7 @@ assert len(d_ours) + 1 == len(canny_net.connections) and (len(d_ours) == 12 or n
 #
 # | family | diffusers config | in cnetlib |
 # |---|---|---|
-# | ControlNet 1.0 / 1.1 for SD 1.5 (canny, depth, pose, …) | SD 1.5's UNet keys | loads; residuals equal on `from_diffusers`, `from_unet`, save → load and export |
+# | ControlNet 1.0 / 1.1 for SD 1.5 (canny, depth, pose, …) | SD 1.5's UNet keys | loads; residuals equal on `from_diffusers`, save → load (ours and diffusers') and export |
 # | ControlNet 1.1 *shuffle* | `global_pool_conditions: true` (each residual averaged over H, W) | loads, equal, the flag kept on save |
 # | ControlNets for SD 2.x | linear projections, per-level heads, 1024-d text | loads, equal |
 # | SDXL ControlNets | `addition_embed_type: "text_time"` (SDXL's size and crop conditioning) | refused: `addition_embed_type: expected None …` |
@@ -194,6 +194,7 @@ assert len(d_ours) + 1 == len(canny_net.connections) and (len(d_ours) == 12 or n
 # value SD 1.x/2.x never use (`timestep_post_act`, `resnet_out_scale_factor`, Fourier
 # time embeddings, other block types, a condition encoder of another depth…). A key that
 # a later diffusers adds fails that test until it is decided, instead of passing silently.
+# To check it yourself: `pytest tests/test_sd_layouts.py`.
 #
 # The authors' own checkpoints (`control_sd15_canny.pth`) use the original layout,
 # `control_model.input_blocks.…`, `zero_convs`, `input_hint_block`, `middle_block_out`.

@@ -140,12 +140,12 @@ plt.show()
 # so a resume that lost the step count, AdamW's moments, the data order or the random
 # state would show in the losses and weights.
 #
-# Three things keep an interrupted run resumable whenever the interrupt lands. A
+# Three things keep an interrupted run resumable (`tests/test_bad_input.py` checks each). A
 # `checkpoint-N` folder is written under a temporary name and renamed when complete, so
 # a crash mid-save leaves nothing `--resume` would pick up half-written (it takes the
 # newest complete folder). A Ctrl-C inside a step saves the data generator as it was
 # after the last completed step, so the resumed run draws that step's batch again; the
-# command line then says where the checkpoint is and exits with status 130. And
+# command line then names the run's folder to resume and exits with status 130. And
 # `--resume` refuses other settings, or other data in the same folder (a fingerprint of
 # the pairs is kept with each checkpoint), rather than continuing a different run.
 
@@ -182,10 +182,13 @@ assert resumed["losses"] == straight["losses"] and same
 # that talk over gloo, which is what we run here. The contract: `--batch-size` is *per process*.
 # Each step draws one global batch of `batch_size × N` pairs, with their latent noise, ε,
 # t and dropped prompts, from the one seeded generator that every process holds in the
-# same state; process r trains on slice r of it, and DDP averages the gradients. The mean
-# of N slice gradients is the gradient of the global batch, so N processes at batch B
-# train what one process trains at batch N·B, and a resumed run continues it exactly.
-# Validation and checkpoint writing happen on the main process; the others wait for it.
+# same state; process r trains on slice r of it, and DDP (every process holds a full copy
+# of the model) averages the gradients. The mean of N slice gradients is the gradient of
+# the global batch, so N processes at batch B train what one process trains at batch N·B,
+# up to float rounding. Validation, `train_state.json` and the checkpoint folder's rename
+# are the main process's; every process saves its own part of the checkpoint (its random
+# state), and the others wait for the main one. The process count is saved with the run:
+# a `--resume` with another count, which would change the global batch, is refused.
 #
 # Two CPU processes at batch 2 against one process at batch 4, same seed
 # (`cnetlib.train_sd.launch` runs the command line below):
@@ -208,12 +211,16 @@ print(f"relative weight difference: {rel:.1e}")
 assert abs(one["final_loss"] - two["final_loss"]) <= 1e-5 * abs(one["final_loss"]) and rel < 1e-5
 
 # %% [markdown]
-# What differs is float rounding: the two processes' gradients are averaged by an
-# all-reduce, not summed inside one batch. The same two runs from the shell:
+# What differs is float rounding: the same sums taken in another order (two half-batch
+# gradients combined by an all-reduce), which AdamW's normalised steps carry into the
+# weights. The same two runs from the shell (each prints a JSON summary, `final_loss`
+# in it, as its last line; the weights are in `OUT/controlnet`):
 #
 # ```bash
-# python -m cnetlib.train_sd --preset tiny --batch-size 4 --output-dir runs/one
-# torchrun --standalone --nproc_per_node 2 -m cnetlib.train_sd --preset tiny --batch-size 2 --output-dir runs/two
+# FLAGS="--preset tiny --resolution 32 --n-train 16 --lr 1e-4 --steps 4 --validate-every 100 --validation-n 1 \
+#        --validation-steps 1 --checkpoint-every 100 --no-progress"
+# python -m cnetlib.train_sd $FLAGS --batch-size 4 --output-dir runs/one
+# torchrun --standalone --nproc_per_node 2 -m cnetlib.train_sd $FLAGS --batch-size 2 --output-dir runs/two
 # ```
 #
 # On a machine with GPUs:
@@ -222,13 +229,14 @@ assert abs(one["final_loss"] - two["final_loss"]) <= 1e-5 * abs(one["final_loss"
 # accelerate config                      # once: how many GPUs, mixed precision...
 # accelerate launch --num_processes 8 -m cnetlib.train_sd --preset pretrained --batch-size 4 ...   # global batch 32
 # # several machines: the same command on each, with --num_machines M --machine_rank R
-# #                   --main_process_ip HOST --main_process_port PORT
+# #   --main_process_ip HOST --main_process_port PORT; --num_processes is then the total over all machines
 # ```
 #
 # What changes with N: the global batch (keep `batch_size × N × gradient_accumulation_steps`
-# where you want it: the reference tutorial trains SD at batch 4 with lr 1e-5, and a larger
-# global batch may want another learning rate), the wall time per step (the data and the model are split, the gradient
-# all-reduce is added), and nothing else: the same seed gives the same run.
+# where you want it: the authors' `tutorial_train.py` trains SD at batch 4 with lr 1e-5,
+# and a larger global batch may want another learning rate), and the wall time per step
+# (each process computes its slice of the batch; the gradient all-reduce is added). With
+# the global batch kept, the same seed gives the same run, up to the rounding above.
 #
 # ## 4 · What a ControlNet step costs
 #

@@ -55,7 +55,7 @@ def guess_weights(n: int) -> list[float]:
     The reference code writes 0.825^(n−1−i) for SD's n = 13, which is the same curve
     there (0.825¹² = 0.099). For other n the two differ, and we keep diffusers' form: it
     keeps SD's range, 0.1 to 1, whatever the number of connections (for the toy's 7:
-    0.10 … 1, where 0.825^(n−1−i) would start at 0.31; chapter 05 shows both).
+    0.10 … 1, where 0.825^(n−1−i) would start at 0.32; chapter 05 shows both).
     """
     return torch.logspace(-1, 0, n, dtype=torch.float64).tolist()
 

@@ -210,6 +210,11 @@ def latest_checkpoint(out: Path) -> Path:
     return max(complete, key=lambda p: int(p.name.split("-")[1]))
 
 
+def num_processes() -> int:
+    """How many processes this run has (``WORLD_SIZE``, set by torchrun and accelerate launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
     """Refuse, before anything loads: a fresh run in a folder that holds one (it would append
     to its log next to stale checkpoints), and a resume with other settings than the run's."""
@@ -224,7 +229,9 @@ def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
         from .checkpoint import config_diff
 
         keep = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
-        diff = config_diff(keep(json.loads(saved_path.read_text())), keep(asdict(cfg)))
+        saved = json.loads(saved_path.read_text())
+        saved.setdefault("num_processes", num_processes())   # runs saved before the key: not compared
+        diff = config_diff(keep(saved), keep({**asdict(cfg), "num_processes": num_processes()}))
         if diff:
             raise ValueError(f"--resume: {out} was trained with other settings, so it cannot be continued "
                              f"exactly: " + "; ".join(diff) + ". Use the run's settings or another --output-dir")
@@ -269,7 +276,8 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
         state.update(saved)
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=1))
+        # the process count too: it sets the global batch (batch_size × num_processes), so a resume keeps it
+        atomic_write_text(out / "config.json", json.dumps({**asdict(cfg), "num_processes": acc.num_processes}, indent=1))
         # the log as of the checkpoint: rows a crash left after it are written again by this run
         atomic_write_text(out / "log.jsonl", "".join(json.dumps(r) + "\n" for r in state["log"]))
 

@@ -68,3 +68,19 @@ def test_two_processes_equal_one_at_twice_the_batch_and_resume_exactly(tmp_path)
     launch(SDTrainConfig(output_dir=out, steps=3, batch_size=2, checkpoint_every=1, resume=True, **KW), 2, cpu=True,
            timeout=600)
     assert_same(weights(tmp_path / "two"), weights(tmp_path / "resumed"))
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(tmp_path, monkeypatch):
+    import json
+    from dataclasses import asdict
+
+    from cnetlib.train_sd import check_run_folder
+
+    out = tmp_path / "run"
+    (out / "checkpoint-2").mkdir(parents=True)
+    cfg = SDTrainConfig(output_dir=str(out), resume=True)
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "num_processes": 2}))
+    with pytest.raises(ValueError, match="num_processes: expected 2, given 1"):   # the global batch would change
+        check_run_folder(cfg, out)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    check_run_folder(cfg, out)

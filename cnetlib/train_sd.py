@@ -246,7 +246,7 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
     out = Path(cfg.output_dir)
     check_run_folder(cfg, out)
     # several CPU processes (torchrun, no GPU): accelerate talks gloo between them only when told cpu=True
-    cpu_processes = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    cpu_processes = num_processes() > 1 and not torch.cuda.is_available()
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       project_dir=str(out), cpu=cpu_processes)
     set_seed(cfg.seed)

@@ -93,7 +93,8 @@ def assert_residuals_equal(ours: SDControlNet, theirs: ControlNetModel, unet_con
             d_ref, m_ref = theirs(x, torch.tensor(321), ehs, cond, return_dict=False, **kw)
             for a, r in zip([*d, m], [*d_ref, m_ref]):
                 assert a.shape == r.shape
-                torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-6)
+                scale = max(1.0, float(r.abs().max()))     # float32 rounding, scaled to the residuals' size
+                torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5 * scale)
 
 
 #: Chapter 07's table: which published ControlNet families load, and which are refused.

@@ -61,6 +61,12 @@ def cli(id: str, names: tuple[str, ...], *args: str) -> None:
     CASES.append(Case(id, names, cli=list(args)))
 
 
+def keyword_cases(fn: Callable[..., object], rows: list[tuple[str, dict, tuple[str, ...]]]) -> None:
+    """One case per row: ``fn(**kwargs)`` with one bad keyword, and the names its error must mention."""
+    for id_, kwargs, names in rows:
+        CASES.append(Case(id_, names, (lambda kw: lambda: fn(**kw))(kwargs)))
+
+
 # ------------------------------------------------------------------------------------------
 # Tiny fixtures (built once, lazily)
 # ------------------------------------------------------------------------------------------
@@ -364,59 +370,19 @@ def _():
     toy_controlnet(net())
 
 
-@case("sample(prompts='a string')", "prompts")
-def _():
-    sample(prompts="red circle with blue background")
-
-
-@case("sample(prompts=[1, 2])", "prompts")
-def _():
-    sample(prompts=[1, 2])
-
-
-@case("sample(steps=0)", "steps")
-def _():
-    sample(steps=0)
-
-
-@case("sample(steps=2.5)", "steps")
-def _():
-    sample(steps=2.5)
-
-
-@case("sample(guidance=nan)", "guidance")
-def _():
-    sample(guidance=NAN)
-
-
-@case("sample(mode='foo')", "mode")
-def _():
-    sample(mode="foo")
-
-
-@case("sample(sampler='foo')", "sampler")
-def _():
-    sample(sampler="foo")
-
-
-@case("sample(control_start=0.8, control_end=0.2)", "control_start", "control_end")
-def _():
-    sample(control_start=0.8, control_end=0.2)
-
-
-@case("sample(conditioning_scale=inf)", "conditioning_scale")
-def _():
-    sample(conditioning_scale=INF)
-
-
-@case("sample(max_weight=0)", "max_weight")
-def _():
-    sample(max_weight=0.0)
-
-
-@case("sample(seed='a')", "seed:")
-def _():
-    sample(seed="a")
+keyword_cases(sample, [
+    ("sample(prompts='a string')", dict(prompts="red circle with blue background"), ("prompts",)),
+    ("sample(prompts=[1, 2])", dict(prompts=[1, 2]), ("prompts",)),
+    ("sample(steps=0)", dict(steps=0), ("steps",)),
+    ("sample(steps=2.5)", dict(steps=2.5), ("steps",)),
+    ("sample(guidance=nan)", dict(guidance=NAN), ("guidance",)),
+    ("sample(mode='foo')", dict(mode="foo"), ("mode",)),
+    ("sample(sampler='foo')", dict(sampler="foo"), ("sampler",)),
+    ("sample(control_start=0.8, control_end=0.2)", dict(control_start=0.8, control_end=0.2), ("control_start", "control_end")),
+    ("sample(conditioning_scale=inf)", dict(conditioning_scale=INF), ("conditioning_scale",)),
+    ("sample(max_weight=0)", dict(max_weight=0.0), ("max_weight",)),
+    ("sample(seed='a')", dict(seed="a"), ("seed:",)),
+])
 
 
 @case("sample(x_T of the wrong shape)", "x_T")
@@ -660,49 +626,18 @@ def _():
     SDParts.from_pretrained("no-such/model")
 
 
-@case("sd.generate(height=60)", "height")
-def _():
-    sd_generate(height=60, width=64)
-
-
-@case("sd.generate(guidance_scale=nan)", "guidance_scale")
-def _():
-    sd_generate(guidance_scale=NAN)
-
-
-@case("sd.generate(steps=0)", "steps")
-def _():
-    sd_generate(steps=0)
-
-
-@case("sd.generate(mode='x')", "mode")
-def _():
-    sd_generate(mode="x")
-
-
-@case("sd.generate(control_start > control_end)", "control_start")
-def _():
-    sd_generate(control_start=0.9, control_end=0.1)
-
-
-@case("sd.generate(conditioning_scale=nan)", "conditioning_scale")
-def _():
-    sd_generate(conditioning_scale=NAN)
-
-
-@case("sd.generate(output='png')", "output")
-def _():
-    sd_generate(output="png")
-
-
-@case("sd.generate(prompts=[1])", "prompts")
-def _():
-    sd_generate(prompts=[1])
-
-
-@case("sd.generate(negative_prompt=None)", "negative_prompt")
-def _():
-    sd_generate(negative_prompt=None)
+keyword_cases(sd_generate, [
+    ("sd.generate(height=60)", dict(height=60, width=64), ("height",)),
+    ("sd.generate(guidance_scale=nan)", dict(guidance_scale=NAN), ("guidance_scale",)),
+    ("sd.generate(steps=0)", dict(steps=0), ("steps",)),
+    ("sd.generate(mode='x')", dict(mode="x"), ("mode",)),
+    ("sd.generate(control_start > control_end)", dict(control_start=0.9, control_end=0.1), ("control_start",)),
+    ("sd.generate(conditioning_scale=nan)", dict(conditioning_scale=NAN), ("conditioning_scale",)),
+    ("sd.generate(output='png')", dict(output="png"), ("output",)),
+    ("sd.generate(prompts=[1])", dict(prompts=[1]), ("prompts",)),
+    ("sd.generate(negative_prompt=None)", dict(negative_prompt=None), ("negative_prompt",)),
+    ("sd.generate(condition: a file path that is not there)", dict(controls=[(sd_net(), str(TMP / "no_such.png"))]), ("control image", "condition")),
+])
 
 
 @case("sd.generate(a UNet as the ControlNet)", "controlnet")
@@ -729,11 +664,6 @@ def _():
 def _():
     import numpy as np
     sd_generate(controls=[(sd_net(), np.zeros((64, 64), np.uint8))])
-
-
-@case("sd.generate(condition: a file path that is not there)", "control image", "condition")
-def _():
-    sd_generate(controls=[(sd_net(), str(TMP / "no_such.png"))])
 
 
 @case("sd.generate(condition: 2 images for 1 prompt)", "control image")

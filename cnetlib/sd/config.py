@@ -64,7 +64,7 @@ MID_BLOCKS = ("UNetMidBlock2DCrossAttn",)
 def check_layout(cfg: dict) -> None:
     """Refuse, naming the key, a UNet or ControlNet config that SDControlNet would not reproduce."""
     for key, neutral in UNSUPPORTED.items():
-        if key in cfg and cfg[key] != neutral and not (isinstance(neutral, float) and cfg[key] == neutral):
+        if key in cfg and cfg[key] != neutral:
             raise ValueError(f"{key}: expected {neutral!r} (SD 1.x/2.x layouts; SDControlNet does not implement "
                              f"other values), got {cfg[key]!r}")
     bad = [b for b in cfg.get("down_block_types", ()) if b not in DOWN_BLOCKS]

@@ -26,9 +26,9 @@
 # condition alone and both together, with the plain sum and with scales, and what
 # happens when the two disagree.
 #
-# **Time on a 2-core CPU:** about 8 minutes in full mode (the colour ControlNet ships in
+# **Time on a 2-core CPU:** about 6 minutes in full mode (the colour ControlNet ships in
 # `data/sudden_convergence/colour/`; retraining it is
-# `python -m cnetlib.experiments.runs colour`, about a quarter of an hour), 1 minute in smoke mode.
+# `python -m cnetlib.experiments.runs colour`, about 10 minutes), 1 minute in smoke mode.
 
 # %%
 # On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
@@ -191,18 +191,25 @@ if not SMOKE:
         "the sum's colours are better than the hint alone (circle: sum > colour)": False,
     }
     assert o.mean("circle_correct") < chance < c.mean("circle_correct") < 0.5   # the hint's colours: real, but weak
+    said = {("outline alone", "iou"): "0.90", ("outline alone", "within_1px"): "0.95",     # the prose below
+            ("outline alone", "circle_correct"): "0.08", ("outline alone", "background_correct"): "0.14",
+            ("colour alone", "iou"): "0.70", ("colour alone", "circle_correct"): "0.33",
+            ("colour alone", "background_correct"): "0.39", ("outline + colour", "iou"): "0.87",
+            ("outline + colour", "within_1px"): "0.91", ("outline + colour", "circle_correct"): "0.26",
+            ("outline + colour", "background_correct"): "0.39"}
+    assert {k: f"{results[k[0]].mean(k[1]):.2f}" for k in said} == said
 
 # %% [markdown]
 # Each condition does its own job, and the sum does both about as well as each does
-# alone. The outline alone places the disk (IoU 0.91, 94 % within 1 px) but knows no
-# colour: its circle colour is right in 5 % of samples, below the 12.5 % of chance. The
-# colour hint alone carries colour and, roughly, place: circle colour right in 38 %,
-# background in 48 % (well above chance, far from perfect: this colour ControlNet
+# alone. The outline alone places the disk (IoU 0.90, 95 % within 1 px) but knows no
+# colour: its circle colour is right in 8 % of samples, below the 12.5 % of chance. The
+# colour hint alone carries colour and, roughly, place: circle colour right in 33 %,
+# background in 39 % (well above chance, far from perfect: this colour ControlNet
 # learnt colours less well than the outline one learnt geometry), IoU 0.70. Summed, the
-# outline's geometry is kept (IoU 0.88 against the hint's 0.70, supported) and so are
-# the hint's colours (background 49 % against the outline's 15 %, supported). The sum
-# is not better than either at its own job: placement 93 % against the outline's 94 %,
-# circle colour 31 % against the hint's 38 %, neither difference supported. The paper's
+# outline's geometry is kept (IoU 0.87 against the hint's 0.70, supported) and so are
+# the hint's colours (background 39 % against the outline's 14 %, supported). The sum
+# is not better than either at its own job: placement 91 % against the outline's 95 %,
+# circle colour 26 % against the hint's 33 %, neither difference supported. The paper's
 # plain sum composes the two conditions; it does not make either stronger.
 #
 # ## 3 · Scales
@@ -243,17 +250,26 @@ if not SMOKE:
     assert all(table[(0.0, sc)].mean("within_1px") <= 0.6 for sc in grid[1:])               # hint alone: half
     assert all(table[(so, 0.0)].mean("background_correct") <= 0.2 for so in grid)           # no hint: no colour
     assert all(0.35 <= table[(so, sc)].mean("background_correct") <= 0.6 for so in grid for sc in grid[1:])
+    def span(cells, key):   # the ranges the prose below quotes
+        values = [table[cell].mean(key) for cell in cells]
+        return f"{min(values):.2f}–{max(values):.2f}"
+    on, hint_alone = [(so, sc) for so in grid[1:] for sc in grid], [(0.0, sc) for sc in grid[1:]]
+    assert [span(hint_alone, "iou"), span(on, "iou"), span(on, "within_1px"), span(hint_alone, "within_1px"),
+            span([(so, 0.0) for so in grid], "background_correct"),
+            span([(so, sc) for so in grid for sc in grid[1:]], "background_correct")] == \
+        ["0.68–0.71", "0.88–0.93", "0.94–0.98", "0.38–0.47", "0.09–0.16", "0.38–0.41"]
+    assert max(table[(so, 0.0)].mean("iou") - table[(so, sc)].mean("iou") for so in grid[1:] for sc in grid) < 0.06
 
 # %% [markdown]
 # The left panel is the IoU: with the outline off (bottom row) the hint alone reaches
-# 0.68–0.72, and any outline scale from 0.75 up gives 0.86–0.92 whatever the hint's
-# scale: within this range the hint does not spoil the outline's geometry. The middle
-# panel says the same about placement: at least 85 % of disks lie within 1 px wherever
-# the outline is on, at most 60 % with the hint alone. The right panel is the other
-# way round: the background colour follows the hint's scale only. Without the hint it
-# is right in at most a fifth of samples, with it in 35–60 %, whatever the outline's
-# scale. Each condition owns one kind of fidelity, and turning the other up or down in
-# this range neither helps nor spoils it.
+# 0.68–0.71, and any outline scale from 0.75 up gives 0.88–0.93 whatever the hint's
+# scale: within this range the hint costs the outline's geometry a few hundredths at
+# most. The middle panel says the same about placement: 94–98 % of disks lie within
+# 1 px wherever the outline is on, 38–47 % with the hint alone. The right panel is the
+# other way round: the background colour follows the hint only. Without the hint it is
+# right in 9–16 % of samples, with it in 38–41 %, whatever the outline's scale. Each
+# condition owns one kind of fidelity; turning the other up in this range leaves it
+# alone or costs it a little (the hint takes about 0.05 at most off the outline's IoU).
 #
 # ## 4 · When the conditions disagree
 #
@@ -287,12 +303,15 @@ if not SMOKE:   # neither condition is met as well as when they agree
     assert conflict_outline.mean("iou") < both.mean("iou") - 0.1            # the geometry suffers...
     assert conflict_outline.mean("iou") > conflict_hint.mean("iou")        # ...but the outline still wins it
     assert abs(conflict_outline.mean("background_correct") - both.mean("background_correct")) < 0.1  # hint's colours
+    assert [f"{r.mean(key):.2f}" for r, key in ((both, "iou"), (conflict_outline, "iou"), (conflict_hint, "iou"),
+                                                 (conflict_outline, "background_correct"))] == \
+        ["0.87", "0.70", "0.50", "0.41"]   # the prose below
 
 # %% [markdown]
 # The outline wins the geometry, the hint keeps its colours, and the shape pays: the
-# IoU with the outline's disk falls from 0.88 (agreeing conditions) to 0.71, the IoU
-# with the hint's disk is 0.53, and the hint's colours are as right as when the two
-# agree (background 48 %). The sum is a compromise whose balance the scales set: the
+# IoU with the outline's disk falls from 0.87 (agreeing conditions) to 0.70, the IoU
+# with the hint's disk is 0.50, and the hint's colours are as right as when the two
+# agree (background 41 % against 39 %). The sum is a compromise whose balance the scales set: the
 # sliders below move it.
 
 # %% [markdown]

@@ -53,7 +53,7 @@ class BaseRecipe:
                           attention_levels=(False,) * (n - 1) + (True,), groups=min(4, min(self.channels)))
 
 
-BASE_RECIPE = BaseRecipe(stop_at=5500)
+BASE_RECIPE = BaseRecipe()
 #: A few steps of a narrow model only: what smoke mode trains when it must train at all.
 SMOKE_RECIPE = BaseRecipe(steps=20, batch_size=16, n_train=512, channels=(8, 16, 32))
 

@@ -13,21 +13,32 @@ Usage: ``python tools/execute_notebooks.py chapters/01_diffusion_basics.ipynb [.
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 
 def execute(path: Path) -> float:
-    """Run every cell of ``path`` in a fresh kernel started in its folder; write the outputs back."""
+    """Run every cell of ``path`` in a fresh kernel started in its folder; write the outputs back.
+
+    On a failing cell ``path`` is left as it was, and the outputs up to the failure are written
+    to ``<tmp>/<name>.failed.ipynb`` (a long run's numbers are not lost with it)."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=None, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent.resolve())}})
     client.widget_registry = {}          # no Output-widget mimicry: see the module docstring
     start = time.perf_counter()
-    client.execute()
+    try:
+        client.execute()
+    except CellExecutionError:
+        failed = Path(tempfile.gettempdir()) / f"{path.stem}.failed.ipynb"
+        nbformat.write(nb, failed)
+        print(f"== {path}: a cell failed; {path} is unchanged, the outputs so far are in {failed}", flush=True)
+        raise
     nbformat.write(nb, path)
     return time.perf_counter() - start
 

@@ -10,7 +10,7 @@ loss weighting, the width. Each is scored with :func:`cnetlib.base.score_base` o
 EMA weights and on its raw weights. ``--snapshots DIR`` scores the EMA snapshots that
 ``python -m cnetlib.base --snapshot-every 500`` kept along the shipped base's run (the
 length lever) and its final raw weights (the EMA lever). Results go to
-``data/base_levers.json`` (one row per model scored), which chapter 01 reads.
+``data/base_levers.json`` (one row per model scored: name, weights and step), which chapter 01 reads.
 ``--checkpoint PATH --name NAME`` scores a finished checkpoint under that row name (the
 first shipped base; the short runs, whose shipped rows were trained by an exploration
 script with :func:`~cnetlib.train.train_denoiser`'s loop and these recipes).
@@ -63,8 +63,9 @@ def load_results(path: str | Path = RESULTS) -> list[dict]:
 
 
 def _save(rows: list[dict], path: Path) -> None:
+    new = {(x["name"], x["weights"], x["steps"]) for x in rows}   # a row replaces only its own model
     old = [r for r in (json.loads(path.read_text()) if path.is_file() else [])
-           if (r["name"], r["weights"]) not in {(x["name"], x["weights"]) for x in rows}]
+           if (r["name"], r["weights"], r["steps"]) not in new]
     atomic_write_text(path, json.dumps(old + rows, indent=1))
 
 

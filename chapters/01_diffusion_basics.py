@@ -463,7 +463,7 @@ plt.show()
 # the 90 % we set as the target, though not beyond doubt: the interval on 112 samples
 # runs from 87 % to 96 %. The rest are two disks, a background split between two
 # colours, or a small disk too ragged to reach IoU 0.9. The unconditional model is the harder one to train: it sees only
-# the 30 % of batches whose prompt was dropped, and must choose among 56 colour pairs
+# the 30 % of samples whose prompt was dropped, and must choose among 56 colour pairs
 # on its own. Chapter 04 measures what it gives a ControlNet asked to work without a
 # prompt.
 #
@@ -534,15 +534,16 @@ assert [f"{r['unprompted_clean_share']:.0%}" for r in (at[5000], end)] == ["84%"
 assert 0.75 <= stop["unprompted_clean_share"] <= 0.85 and stop_raw["unprompted_clean_share"] >= 0.9
 
 # %% [markdown]
-# Read the table from the bottom up. The short runs (12 minutes each, one lever
-# changed) all stay below the first base: none of them draws a clean disk, with or
+# Read the table from the bottom up. The short runs (about 12 minutes each, each
+# changing the first base's recipe) all stay below the first base: none of them draws a clean disk, with or
 # without a prompt. Min-SNR weighting (γ = 5) does clear harm: it down-weights the
 # high-noise steps that decide a disk's colours and place, and its colours and disks
 # are the worst of the table. (We did not run the narrow UNet with a 30 % drop *without*
 # Min-SNR, so that row changes two things at once; the harm is large enough to blame
 # the weighting, but the table does not prove it.) At equal wall-clock time the wider
 # UNet (16, 32, 64 channels, 2.7× the parameters) is *behind* the narrow one: it makes
-# half as many steps.
+# half as many steps. (That row also drops 30 % of the prompts against the narrow row's
+# 15 %, so it too changes two things; the halved step count is the likelier cause.)
 #
 # What worked is the combination, run long: the wide UNet, 30 % of prompts dropped so
 # that the unconditional model gets real training, and 8,000 steps. Along that run

@@ -31,12 +31,13 @@
 #
 # Section 7 measures, the same way and with 3 seeds each, the paper's ablations of the
 # architecture (Gaussian connectors, ControlNet-lite: §4.2) and one of its training
-# choices (50 % of the prompts dropped, §3.3), as far as this edition has retrained
-# them on the current base (the cell there says which).
+# choices (50 % of the prompts dropped, §3.3). This edition has retrained only the
+# Gaussian-connector arm on the current base; ControlNet-lite and the prompt-drop arm
+# are defined, and section 7's cell lists them as not yet measured.
 #
 # **Time on a 2-core CPU:** by default the chapter reads the shipped runs from
 # `data/sudden_convergence/` and only trains a few live steps: a few minutes. With
-# `USE_SHIPPED = False` (next cell) it retrains every run it shows, 10 to 15 minutes
+# `USE_SHIPPED = False` (next cell) it retrains every run it shows, 9 to 14 minutes
 # each on 2 CPU cores; the next cell prints the total before anything starts
 # (an interrupted run resumes where it stopped). Smoke mode (CI) always reads the
 # shipped runs: 1–2 minutes.
@@ -261,7 +262,7 @@ if not TRAIN:   # the prose below: the loss falls by about a quarter, the IoU ri
 
 # %% [markdown]
 # **At toy scale the paper's observation does not hold.** Across the jump the loss
-# falls by about a quarter while the IoU rises by a quarter to a third, and
+# falls by about a quarter while the IoU rises by a fifth to more than a third, and
 # over the whole run the two are strongly (negatively) correlated: a reader watching
 # this loss curve would see the jump. The difference is one of proportions. Our images are 32 × 32 and a
 # quarter of their pixels belong to the circle: where the circle goes is a large part of
@@ -332,7 +333,8 @@ print(f"\nmean IoU after training: {mean_after:.3f} (before: {np.mean([row['iou_
 
 # %% [markdown]
 # Every seed jumps, within the first 6 minutes on two CPU cores (at step 500 in all
-# three), and keeps the prompt's colours. The mean curve is borderline abrupt: its
+# three: the sampled curve is evaluated every 100 steps, so that is a grid point, and in
+# seed 1 the 10 % and 50 % points fall on the same evaluation), and keeps the prompt's colours. The mean curve is borderline abrupt: its
 # sharpness is 0.45, 0.56 and 0.41 (only seed 1 crosses the 0.5 line), and 10 % → 90 %
 # of the gain takes 300–400 steps, a quarter to a third of the run. (On the first base of chapter
 # 01 the same measurement gave 0.28, 0.42 and 0.51 over 600–900 steps of 2,000: the
@@ -465,15 +467,18 @@ if not TRAIN:   # the numbers in the prose below
 # one change to the recipe above: `gaussian` (Gaussian connectors), `lite` (ControlNet-lite),
 # `drop0` (no prompt dropped, 0 % instead of 50 %) and `n1000` (1,000 training pairs
 # instead of 50,000); `zero (paper)` is the three runs of the sections above. Every arm
-# is trained with the same 3 seeds (`python -m cnetlib.experiments.runs gaussian lite drop0`:
-# 9 runs of about the length printed in section 3, one after the other); the cell lists the
-# arms this edition has not trained. `cnetlib.stats.compare` calls "A > B" supported
+# is trained with the same 3 seeds (`python -m cnetlib.experiments.runs gaussian lite drop0 n1000`:
+# 12 runs of about the length printed in section 3, one after the other). This edition
+# has retrained the `gaussian` arm on the current base; the cell lists the others as not
+# measured. `cnetlib.stats.compare` calls "A > B" supported
 # only when the 95 % interval of the difference (training seeds, then outlines,
 # resampled) lies above 0.
 #
 # The table's columns: IoU before training, at step 100 and at the end, with the prompt;
 # the share of disks placed within 1 px; IoU with the empty prompt at β = 1 and with
 # `cond_only` at β = 3 (section 6); the jump step and sharpness of each seed (section 4).
+# A printed difference is computed from unrounded means, so it can differ by 0.01 from
+# the difference of the two rounded means beside it.
 # The figure's band spans the lowest to the highest seed, not an interval.
 
 # %%
@@ -626,7 +631,7 @@ if not TRAIN and "gaussian" in arms:   # the numbers the prose quotes, from the 
 #   IoU and prompt colours; `cnetlib.convergence`: the jump detector, per run and per
 #   sample; `python -m cnetlib.experiments.sudden_convergence`: all of it from the shell.
 # * At this scale: every seed follows the outline (IoU above 0.9 with the prompt, every
-#   disk within 1 px) after 10 to 15 minutes on two CPU cores, the jump comes
+#   disk within 1 px) after 9 to 14 minutes on two CPU cores, the jump comes
 #   within 6 minutes, and the prompt keeps its colours; single samples switch more
 #   abruptly than the mean, which rises over a few hundred steps because samples switch
 #   at different times; the loss sees the jump too.
@@ -634,6 +639,6 @@ if not TRAIN and "gaussian" in arms:   # the numbers the prose quotes, from the 
 #   with guidance on the control alone: chapter 05 compares the ways to guide.
 # * Gaussian connectors end where zero connectors do (no difference we can detect), and
 #   if anything jump sooner; section 7 says how far that goes. `cnetlib.experiments.runs`
-#   names each arm (ControlNet-lite and 0 % prompt drop are defined there, not yet
-#   re-measured on this base) and `cnetlib.stats.compare` says which differences the
+#   names each arm (ControlNet-lite, 0 % prompt drop and 1,000 training pairs are defined
+#   there, not yet measured on this base) and `cnetlib.stats.compare` says which differences the
 #   seeds support.

@@ -279,7 +279,9 @@ if not SMOKE:
 # * **Resolution weighting and guess mode beat `both`** (supported), **but neither beats
 #   plain `cond_only`**: resolution weighting lands at 0.87 and guess mode at 0.88, and
 #   resolution weighting's difference from `cond_only` is −0.03 with an interval from
-#   −0.06 to −0.01: `cond_only` is the better of the two. At toy scale, weighting the
+#   −0.06 to −0.01 (the printed claim tests the other direction, so it reads "not
+#   supported"; its interval lies wholly below 0): `cond_only` is the better of the two.
+#   Guess mode's 0.88 also sits below `cond_only`'s 0.90; we did not test that pair. At toy scale, weighting the
 #   fine connections down (with the largest weight 1, section 4 tries others) costs a
 #   little placement. The paper's worry is that `cond_only` at full strength guides
 #   *too* strongly; on this toy it does not, and β = 5 gives more still (0.94). So
@@ -318,7 +320,7 @@ plt.show()
 
 # %% [markdown]
 # A weight of 2 on the coarsest connection does best here (IoU 0.93, 97 % of the disks
-# within 1 px), better than the default 1 (0.87; supported), and level with section 3's
+# within 1 px), better than the default 1 (0.87; supported, asserted in the cell), and level with section 3's
 # `cond_only` (the cell prints the paired difference: its interval includes 0). Below
 # 1 the control is weaker (0.82 at 0.5). Beyond 2 the control drowns the base: at 4
 # the IoU drops to 0.78, and at 8, which is the paper's literal 64 / h_i on this toy's
@@ -347,7 +349,8 @@ if not SMOKE:
 #
 # diffusers' `control_guidance_start` / `control_guidance_end` switch the control on
 # for a fraction of the sampling steps only. The early steps decide the layout, the
-# late ones the details; for an outline, the layout is everything:
+# late ones the details; for an outline, the layout is everything. (These runs use the
+# full prompt and mode `both` at β = 3, unlike section 4's empty prompt.)
 
 # %%
 windows = pick([(0.0, 1.0), (0.0, 0.5), (0.0, 0.25), (0.5, 1.0)], [(0.0, 1.0), (0.5, 1.0)])

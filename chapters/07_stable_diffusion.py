@@ -258,7 +258,7 @@ from cnetlib.guidance import Control
 from cnetlib.sd import generate
 
 prompt = "a portrait of a woman in uniform, oil painting" if REAL else "a portrait"
-ours = generate(parts, [prompt], [Control(canny_net, edges)], guidance_scale=7.5, steps=steps, seed=0)
+ours = generate(parts, [prompt], [Control(canny_net, edges)], guidance=7.5, steps=steps, seed=0)
 pipe = StableDiffusionControlNetPipeline(vae=parts.vae, text_encoder=parts.text_encoder, tokenizer=parts.tokenizer,
                                          unet=parts.unet, controlnet=theirs,
                                          scheduler=parts.scheduler, safety_checker=None, feature_extractor=None,
@@ -266,6 +266,7 @@ pipe = StableDiffusionControlNetPipeline(vae=parts.vae, text_encoder=parts.text_
 pipe.set_progress_bar_config(disable=True)
 ref = pipe([prompt], image=edges, num_inference_steps=steps, guidance_scale=7.5, output_type="pt",
            generator=torch.Generator().manual_seed(0)).images.float().cpu()
+ours = (ours + 1) / 2   # cnetlib returns [-1, 1] like the toy; the pipeline returns [0, 1]
 print(f"largest pixel difference from StableDiffusionControlNetPipeline: {(ours - ref).abs().max():.2e}")
 assert (ours - ref).abs().max() < (1e-2 if REAL else 1e-5)
 fig, axes = plt.subplots(1, 2, figsize=(6, 3))
@@ -291,8 +292,8 @@ from cnetlib.guidance import MODES
 images = []
 for p_ in ("", prompt):
     for mode in MODES:
-        images.append(generate(parts, [p_], [Control(canny_net, edges)], mode=mode, guidance_scale=7.5,
-                               steps=steps, seed=0)[0])
+        images.append((generate(parts, [p_], [Control(canny_net, edges)], mode=mode, guidance=7.5,
+                                steps=steps, seed=0)[0] + 1) / 2)
 fig, axes = plt.subplots(2, 4, figsize=(10, 5.4))
 for ax, img, (p_, mode) in zip(axes.flat, images, [(p_, m) for p_ in ("no prompt", "prompt") for m in MODES]):
     ax.imshow(img.permute(1, 2, 0).numpy())
@@ -322,7 +323,8 @@ edges2 = annotate(photo.transpose(Image.FLIP_LEFT_RIGHT), "canny")
 def two_conditions(scale_1: float = 1.0, scale_2: float = 1.0, guidance: float = 7.5):
     """Generate with both ControlNets at their scales; the widget below calls it again."""
     img = generate(parts, [prompt], [Control(canny_net, edges, scale_1), Control(second_net, edges2, scale_2)],
-                   guidance_scale=guidance, steps=steps, seed=0)
+                   guidance=guidance, steps=steps, seed=0)
+    img = (img + 1) / 2   # [-1, 1] -> [0, 1] for imshow
     fig, axes = plt.subplots(1, 3, figsize=(8, 2.9))
     for ax, im, title in zip(axes, (edges, edges2, img[0].permute(1, 2, 0).numpy()),
                              (f"condition 1 × {scale_1:g}", f"condition 2 × {scale_2:g}", f"sample ({weights_label})")):

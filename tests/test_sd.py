@@ -157,9 +157,9 @@ def test_generate_matches_the_diffusers_pipeline(tiny, mode, guess):
     prompts = ["a red circle", "blue"]
     ref = pipe(prompts, image=image, num_inference_steps=3, guidance_scale=5.0, output_type="pt", guess_mode=guess,
                generator=torch.Generator().manual_seed(7), controlnet_conditioning_scale=0.8).images
-    ours = generate(parts, prompts, [(net, image, 0.8)], mode=mode, guidance_scale=5.0, steps=3, seed=7)
+    ours = generate(parts, prompts, [(net, image, 0.8)], mode=mode, guidance=5.0, steps=3, seed=7)
     assert ours.shape == (2, 3, 64, 64)
-    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close((ours + 1) / 2, ref)   # ours in [-1, 1], the pipeline's in [0, 1]
 
 
 def test_tiny_pipeline_end_to_end_and_multi_control(tiny):
@@ -167,7 +167,7 @@ def test_tiny_pipeline_end_to_end_and_multi_control(tiny):
     plain = generate(parts, "a circle", steps=3, seed=1)
     one = generate(parts, "a circle", Control(net, image), steps=3, seed=1)
     halves = generate(parts, "a circle", [Control(net, image, 0.5), Control(net, image, 0.5)], steps=3, seed=1)
-    assert plain.shape == (1, 3, 64, 64) and 0 <= plain.min() and plain.max() <= 1
+    assert plain.shape == (1, 3, 64, 64) and -1 <= plain.min() and plain.max() <= 1   # the book's output range
     assert not torch.equal(plain, one)                      # control changes the image
     torch.testing.assert_close(one, halves)                 # r/2 + r/2 = r: summing is per connection
     assert torch.equal(one, generate(parts, "a circle", Control(net, image), steps=3, seed=1))
@@ -363,7 +363,7 @@ def test_generate_refuses_sizes_the_vae_cannot_make_and_nan_guidance():
     parts = SDParts.tiny()
     with pytest.raises(ValueError, match="height: expected a multiple of 8"):
         generate(parts, ["a"], height=60, steps=1)
-    with pytest.raises(ValueError, match="guidance_scale: expected a finite number"):
-        generate(parts, ["a"], guidance_scale=float("nan"), steps=1)
+    with pytest.raises(ValueError, match="guidance: expected a finite number"):
+        generate(parts, ["a"], guidance=float("nan"), steps=1)
     with pytest.raises(ValueError, match="expected start < end"):
         generate(parts, ["a"], control_start=0.8, control_end=0.2, steps=1)

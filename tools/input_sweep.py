@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -628,7 +627,7 @@ def _():
 
 keyword_cases(sd_generate, [
     ("sd.generate(height=60)", dict(height=60, width=64), ("height",)),
-    ("sd.generate(guidance_scale=nan)", dict(guidance_scale=NAN), ("guidance_scale",)),
+    ("sd.generate(guidance=nan)", dict(guidance=NAN), ("guidance",)),
     ("sd.generate(steps=0)", dict(steps=0), ("steps",)),
     ("sd.generate(mode='x')", dict(mode="x"), ("mode",)),
     ("sd.generate(control_start > control_end)", dict(control_start=0.9, control_end=0.1), ("control_start",)),

@@ -63,7 +63,7 @@ def generate(
     controls: Control | Sequence[Control] | Sequence[tuple] = (),
     *,
     mode: str = "both",
-    guidance_scale: float = 7.5,
+    guidance: float = 7.5,
     steps: int = 20,
     seed: int = 0,
     height: int | None = None,
@@ -80,7 +80,10 @@ def generate(
 
     ``controls``: :class:`~cnetlib.guidance.Control` (``controlnet``, ``condition`` image,
     ``scale``) or ``(controlnet, image[, scale])`` tuples; residuals are summed per
-    connection. Returns images (B, 3, H, W) in [0, 1] (``output="latent"``: the latents).
+    connection. ``guidance`` is the classifier-free guidance scale β (diffusers'
+    ``guidance_scale``; the toy's ``sample`` takes the same name). Returns images (B, 3, H, W)
+    in [-1, 1], the book's one output convention (the toy's samplers return the same range;
+    diffusers' pipelines return ``(x + 1) / 2``); ``output="latent"``: the latents.
     With mode ``"both"`` and one ControlNet this is what diffusers'
     ``StableDiffusionControlNetPipeline`` computes (a unit test checks it).
     """
@@ -105,7 +108,7 @@ def generate(
         if value % vsf:
             raise ValueError(f"{name}: expected a multiple of {vsf} (the VAE's factor), got {value}")
     check_number(steps, name="steps", low=1, integer=True)
-    check_number(guidance_scale, name="guidance_scale")   # NaN would silently turn guidance off
+    check_number(guidance, name="guidance")   # NaN would silently turn guidance off
     controls = _as_controls(controls)
     for k, c in enumerate(controls):
         if not isinstance(c.controlnet, SDControlNet):
@@ -117,7 +120,7 @@ def generate(
     # cnetlib.control's mode table and sum, as the toy sampler uses them (chapter 05 -> chapter 07)
     w_uc, w_c = opts.weights(controls[0].controlnet.connections) if controls else (None, None)
     scales = [c.scale * conditioning_scale for c in controls]
-    cfg = guidance_scale > 1.0
+    cfg = guidance > 1.0
     cond = encode_prompts(parts, prompts)
     embeds = torch.cat([encode_prompts(parts, [negative_prompt] * b), cond]) if cfg else cond
     sched = parts.scheduler
@@ -145,9 +148,9 @@ def generate(
                            mid_block_additional_residual=mid, return_dict=False)[0]
         if cfg:
             uc, c_ = noise.chunk(2)
-            noise = uc + guidance_scale * (c_ - uc)
+            noise = uc + guidance * (c_ - uc)
         latents = sched.step(noise, t, latents, return_dict=False)[0]
     if output == "latent":
         return latents
     image = parts.vae.decode(latents / parts.vae.config.scaling_factor, return_dict=False)[0]
-    return (image / 2 + 0.5).clamp(0, 1).float().cpu()
+    return image.clamp(-1, 1).float().cpu()

@@ -186,7 +186,7 @@ def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step:
     images = generate(parts, [it["prompt"] for it in items], [(controlnet, conds)], steps=cfg.validation_steps,
                       seed=cfg.seed, guidance=7.5, height=cfg.resolution, width=cfg.resolution)
     controlnet.train(was)
-    iou = condition_iou(images * 2 - 1, torch.stack([it["mask"] for it in items]).numpy())
+    iou = condition_iou(images, torch.stack([it["mask"] for it in items]).numpy())
     fig = image_grid(torch.cat([conds * 2 - 1, images]), ncols=len(items), scale=2.0,
                      suptitle=f"step {step}: conditions, samples (IoU {iou.mean():.2f})")
     fig.savefig(out / f"validation-{step:06d}.png", dpi=80)

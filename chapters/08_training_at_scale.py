@@ -45,7 +45,9 @@ if "google.colab" in sys.modules:
     if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
         subprocess.run(["rm", "-rf", book], check=True)
         repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-        subprocess.run(["git", "clone", "--depth", "1", repo, book], check=True)
+        if subprocess.run(["git", "clone", "--depth", "1", repo, book]).returncode:
+            raise RuntimeError(f"could not clone the book from {repo} (git's message is above): set the "
+                               "CNETLIB_REPO environment variable to the book's URL, a fork or a mirror, and rerun")
     if book not in sys.path:
         sys.path.insert(0, book)
     from cnetlib.colab import ensure_installed
@@ -321,15 +323,8 @@ for r in (h100["h100_sd15_bf16.txt"]["training_step"], h100["h100_sd15_fp32.txt"
 # bf16.
 
 # %%
-from diffusers import AutoencoderKL
-from transformers import CLIPTextConfig, CLIPTextModel
-
-with torch.device("meta"):  # SD 1.5's VAE and text encoder, shapes only
-    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4)
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77))
-n_vae, n_clip = (sum(p.numel() for p in m.parameters()) for m in (vae, clip))
+sd15 = SDParts.random(device="meta")   # SD 1.5's architecture from its configs: shapes only, no weights
+n_vae, n_clip = (sum(p.numel() for p in m.parameters()) for m in (sd15.vae, sd15.text_encoder))
 step = h100["h100_sd15_bf16.txt"]["training_step"]["controlnet"]
 measured = step["memory_bytes"] / 2**30
 fp32_extra = step["trainable_parameters"] * 4 * 2 / 2**30     # θ, ∇θ, m, v: 2 more bytes each in fp32

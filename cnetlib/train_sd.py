@@ -172,6 +172,23 @@ def controlnet_loss(parts: SDParts, controlnet: SDControlNet, batch: dict, g: to
     return F.mse_loss(pred.float(), target.float())                   # ‖ε − ε_θ(z_t, t, c_t, c_f)‖²
 
 
+def train_step(acc, parts: SDParts, controlnet, opt, batch: dict, g: torch.Generator, drop_prompt: float,
+               weight_dtype: torch.dtype, max_grad_norm: float) -> torch.Tensor:
+    """One optimisation step (or one micro-step under ``acc.accumulate``): the loss in the
+    mixed-precision autocast, backward (scaled for fp16), gradient clipping, AdamW, gradients
+    set to None. :func:`train` runs it every step; ``benchmarks/sd_training.py`` times it
+    against diffusers' example loop. Returns the loss."""
+    with acc.autocast():
+        loss = controlnet_loss(parts, controlnet, batch, g, drop_prompt, weight_dtype,
+                               acc.process_index, acc.num_processes)
+    acc.backward(loss)
+    if acc.sync_gradients:
+        acc.clip_grad_norm_(controlnet.parameters(), max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step: int, out: Path) -> dict:
     """Samples for fixed held-out conditions (with their prompts): a grid PNG and the IoU with their disks."""
     from .fidelity import condition_iou
@@ -312,15 +329,9 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
             micro = []
             for _ in range(cfg.gradient_accumulation_steps):
                 with acc.accumulate(controlnet):
-                    with acc.autocast():
-                        batch = draw_batch(data, cfg.batch_size, g, acc.process_index, acc.num_processes)
-                        loss = controlnet_loss(parts, controlnet, batch, g, cfg.drop_prompt, weight_dtype,
-                                               acc.process_index, acc.num_processes)
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(controlnet.parameters(), cfg.max_grad_norm)
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
+                    batch = draw_batch(data, cfg.batch_size, g, acc.process_index, acc.num_processes)
+                    loss = train_step(acc, parts, controlnet, opt, batch, g, cfg.drop_prompt, weight_dtype,
+                                      cfg.max_grad_norm)
                 micro.append(acc.gather(loss.detach()[None]).mean().item())   # the global batch's loss
             state["step"] += 1
             state["losses"].append(sum(micro) / len(micro))

@@ -268,6 +268,41 @@ def test_benchmark_script_runs_on_the_tiny_preset(capsys):
     assert "ratio" in capsys.readouterr().out                     # it prints the side-by-side table
 
 
+def test_random_parts_have_sd15s_architecture():
+    # built on the meta device: SD 1.5's shapes without allocating its weights
+    parts = SDParts.random(device="meta")
+    counts = [sum(p.numel() for p in m.parameters()) for m in (parts.unet, parts.vae, parts.text_encoder)]
+    assert counts == [859_520_964, 83_653_863, 123_060_480]   # SD 1.5's UNet, VAE and CLIP ViT-L/14 text model
+    assert parts.tokenizer.model_max_length == 77 and parts.vae.config.scaling_factor == 0.18215
+    with pytest.raises(ValueError, match="vocab_size 100 is smaller"):
+        SDParts.random(TINY_UNET_CONFIG, text_config={"vocab_size": 100, "num_hidden_layers": 1}, device="meta")
+
+
+def test_training_benchmark_runs_both_arms_on_the_tiny_preset(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "sd_training.py"
+    spec = importlib.util.spec_from_file_location("sd_training_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit, match="needs a GPU"):
+        bench.main(["--precisions", "fp16"])
+    res = bench.main(["--batch-sizes", "1", "--gradient-checkpointing", "off", "on", "--repeats", "1",
+                      "--warmup", "1"])
+    rows = {r["gradient_checkpointing"]: r for r in res["rows"]}
+    assert set(rows) == {False, True} and all(r["batch_size"] == 1 for r in rows.values())
+    for r in rows.values():
+        for arm in ("cnetlib", "diffusers"):
+            assert r[arm]["samples_per_s"] > 0 and np.isfinite(r[arm]["loss"])
+        # same ControlNet, same frozen parts, same batch: the same weights and saved activations
+        assert r["memory_ratio"] == pytest.approx(1.0, rel=0.02)
+    for arm in ("cnetlib", "diffusers"):   # checkpointing keeps fewer activations in both arms
+        assert rows[True][arm]["memory_bytes"] < rows[False][arm]["memory_bytes"]
+    assert res["batch_1_memory_floor_bytes"]["cnetlib"] == rows[True]["cnetlib"]["memory_bytes"]
+    assert "memory floor" in capsys.readouterr().out
+
+
 def test_no_removed_hub_id_anywhere_in_the_repo():
     from pathlib import Path
 

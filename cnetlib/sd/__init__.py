@@ -29,8 +29,9 @@ require_extra("cnetlib.sd", ("diffusers", "transformers"))  # a clear pip comman
 
 from .annotators import ANNOTATORS, annotate  # noqa: E402
 from .config import (  # noqa: E402
-    ANNOTATORS_ID, CANNY_CONTROLNET_ID, CONTROLNET_FILES, DEFAULTS, SD15_ID, SD15_UNET_CONFIG, SD21_UNET_CONFIG,
-    SD_SUBFOLDERS, SHARED_KEYS, TINY_UNET_CONFIG, UNSUPPORTED, check_layout, controlnet_config, hint_channels,
+    ANNOTATORS_ID, CANNY_CONTROLNET_ID, CONTROLNET_FILES, DEFAULTS, SD15_ID, SD15_TEXT_CONFIG, SD15_UNET_CONFIG,
+    SD15_VAE_CONFIG, SD21_UNET_CONFIG, SD_SUBFOLDERS, SHARED_KEYS, TINY_UNET_CONFIG, UNSUPPORTED, check_layout,
+    controlnet_config, hint_channels,
 )
 from .keys import from_diffusers_key, from_original_key, to_diffusers_key, to_original_key  # noqa: E402
 from .model import SDControlNet, fill_zero_layers  # noqa: E402
@@ -39,7 +40,8 @@ from .pipeline import encode_prompts, generate, prepare_condition  # noqa: E402
 
 __all__ = [
     "ANNOTATORS", "ANNOTATORS_ID", "CANNY_CONTROLNET_ID", "CONTROLNET_FILES", "DEFAULTS", "SCHEDULERS", "SD15_ID",
-    "SD15_UNET_CONFIG", "SD21_UNET_CONFIG", "SD_SUBFOLDERS", "SHARED_KEYS", "TINY_UNET_CONFIG", "UNSUPPORTED",
+    "SD15_TEXT_CONFIG", "SD15_UNET_CONFIG", "SD15_VAE_CONFIG", "SD21_UNET_CONFIG", "SD_SUBFOLDERS", "SHARED_KEYS",
+    "TINY_UNET_CONFIG", "UNSUPPORTED",
     "SDControlNet", "SDParts", "annotate", "check_layout", "controlnet_config", "encode_prompts", "fill_zero_layers",
     "from_diffusers_key", "from_original_key", "generate", "hint_channels", "hub_offline", "load_failure",
     "make_scheduler", "prepare_condition", "tiny_tokenizer", "to_diffusers_key", "to_original_key",

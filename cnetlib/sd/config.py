@@ -122,6 +122,25 @@ TINY_UNET_CONFIG: dict[str, Any] = {
     "block_out_channels": [32, 64], "layers_per_block": 2, "cross_attention_dim": 32, "attention_head_dim": 4,
     "norm_num_groups": 8,
 }
+#: The tiny preset's VAE (8× down, 4 latent channels) and CLIP text model (2 layers); the
+#: text model's width is the UNet's ``cross_attention_dim``, its vocabulary the local tokenizer's.
+TINY_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 16, 16, 16],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 64,
+}
+TINY_TEXT_CONFIG: dict[str, Any] = {"intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+#: Stable Diffusion 1.5's VAE (``SD15_ID``, ``vae/config.json``) and text encoder (CLIP ViT-L/14's
+#: text model, ``text_encoder/config.json``): with ``SD15_UNET_CONFIG``, SD 1.5's architecture
+#: built offline with random weights (:meth:`SDParts.random`, ``benchmarks/sd_training.py``).
+SD15_VAE_CONFIG: dict[str, Any] = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 512, "scaling_factor": 0.18215,
+}
+SD15_TEXT_CONFIG: dict[str, Any] = {"vocab_size": 49408, "intermediate_size": 3072, "num_hidden_layers": 12,
+                                    "num_attention_heads": 12, "max_position_embeddings": 77,
+                                    "hidden_act": "quick_gelu", "projection_dim": 768}
 
 #: What :meth:`SDParts.from_pretrained` reads from a model folder, and what a diffusers ControlNet folder holds.
 SD_SUBFOLDERS = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")

@@ -12,7 +12,8 @@ from typing import Any, Sequence
 import torch
 
 from ..runtime import env_flag
-from .config import SD15_ID, SD_SUBFOLDERS, TINY_UNET_CONFIG
+from .config import (SD15_ID, SD15_TEXT_CONFIG, SD15_UNET_CONFIG, SD15_VAE_CONFIG, SD_SUBFOLDERS, TINY_TEXT_CONFIG,
+                     TINY_UNET_CONFIG, TINY_VAE_CONFIG)
 
 # ----------------------------------------------------------------------------------
 # Components: a real SD, or the tiny offline preset
@@ -81,19 +82,32 @@ class SDParts:
     def tiny(cls, seed: int = 0, unet_config: dict | None = None, scheduler: str = "ddim") -> "SDParts":
         """A complete SD-shaped set of components with random weights, built from configs:
         64 px images, an 8× VAE, 8 × 8 latents, a 2-layer CLIP text model, a local tokenizer."""
+        return cls.random(unet_config or TINY_UNET_CONFIG, TINY_VAE_CONFIG, TINY_TEXT_CONFIG, seed=seed,
+                          scheduler=scheduler)
+
+    @classmethod
+    def random(cls, unet_config: dict = SD15_UNET_CONFIG, vae_config: dict = SD15_VAE_CONFIG,
+               text_config: dict = SD15_TEXT_CONFIG, *, seed: int = 0, scheduler: str = "ddim",
+               device: str | torch.device = "cpu") -> "SDParts":
+        """Components of the architecture the configs describe (default: SD 1.5's) with random
+        weights, built on ``device`` and offline: for benchmarks and tests that need SD's size,
+        not its weights. The tokenizer is the local :func:`tiny_tokenizer` (its ids fit any
+        vocabulary of 514 tokens or more), padded to the text model's positions (77 for SD)."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextConfig, CLIPTextModel
 
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**(unet_config or TINY_UNET_CONFIG))
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=[8, 16, 16, 16],
-                            down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-                            layers_per_block=1, norm_num_groups=8, sample_size=64)
-        tokenizer = tiny_tokenizer()
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=unet.config.cross_attention_dim, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+        with torch.device(device):
+            unet = UNet2DConditionModel(**unet_config)
+            vae = AutoencoderKL(**vae_config)
+            tokenizer = tiny_tokenizer(text_config.get("max_position_embeddings", 32))
+            text = {"vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length, **text_config}
+            if text["vocab_size"] < len(tokenizer):
+                raise ValueError(f"text_config: vocab_size {text['vocab_size']} is smaller than the local "
+                                 f"tokenizer's {len(tokenizer)} tokens")
+            text_encoder = CLIPTextModel(CLIPTextConfig(
+                hidden_size=unet.config.cross_attention_dim, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **text))
         return cls(vae, text_encoder, tokenizer, unet, make_scheduler(scheduler)).freeze()
 
     @classmethod

@@ -45,7 +45,9 @@ if "google.colab" in sys.modules:
     if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
         subprocess.run(["rm", "-rf", book], check=True)
         repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-        subprocess.run(["git", "clone", "--depth", "1", repo, book], check=True)
+        if subprocess.run(["git", "clone", "--depth", "1", repo, book]).returncode:
+            raise RuntimeError(f"could not clone the book from {repo} (git's message is above): set the "
+                               "CNETLIB_REPO environment variable to the book's URL, a fork or a mirror, and rerun")
     if book not in sys.path:
         sys.path.insert(0, book)
     from cnetlib.colab import ensure_installed

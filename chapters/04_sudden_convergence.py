@@ -26,7 +26,7 @@
 #    the IoU of the drawn circle with the outline's disk;
 # 3. detect the jump with a documented definition, for every run, and for every sample;
 # 4. measure placement beside IoU (how far the drawn disk's centre and radius are from
-#    the outline's), and give every number in a table a 95 % interval over seeds and outlines;
+#    the outline's), and give every fidelity number in a table a 95 % interval over seeds and outlines;
 # 5. say which of the paper's claims hold at this scale, with the numbers.
 #
 # Section 7 measures, the same way and with 3 seeds each, the paper's ablations of the
@@ -523,6 +523,7 @@ if "gaussian" in arms:
     claims["zero > gaussian, IoU at step 0"] = compare(arm_values("zero (paper)", "iou", 0), arm_values("gaussian", "iou", 0))
     claims["zero > gaussian, IoU at step 100"] = compare(arm_values("zero (paper)", "iou", 100),
                                                          arm_values("gaussian", "iou", 100))
+    claims[f"zero > gaussian, no prompt {RECIPE.no_prompt_mode}"] = compare(guided("zero (paper)"), guided("gaussian"))
     for step in (200, 300, 400, 500):   # the other way round, through the jump: do Gaussian connectors learn sooner?
         claims[f"gaussian > zero, IoU at step {step}"] = compare(arm_values("gaussian", "iou", step),
                                                                  arm_values("zero (paper)", "iou", step))
@@ -569,8 +570,8 @@ if not TRAIN and "gaussian" in arms:   # the numbers the prose quotes, from the 
     assert [[r.summary["jump"]["jump_step"] for r in arms[a]] for a in ("zero (paper)", "gaussian")] == \
         [[500, 500, 500], [400, 300, 300]]
     assert all(r.summary["placement"]["with_prompt"]["within_1px"] == 1 for a in ("zero (paper)", "gaussian") for r in arms[a])
-    assert [f"{np.mean(x):.2f}" for x in (guided("zero (paper)"), guided("gaussian"))] == ["0.90", "0.88"]
-    assert not compare(guided("zero (paper)"), guided("gaussian")).supported
+    assert str(claims[f"zero > gaussian, no prompt {RECIPE.no_prompt_mode}"]).startswith(
+        "0.90 vs 0.88: difference 0.01 [-0.03, 0.06] (not")
 if not TRAIN and "lite" in arms:
     said_lite = {"zero > lite, final IoU": "0.92 vs 0.83: difference 0.09 [0.04, 0.16] (supported)",
                  f"zero > lite, no prompt {RECIPE.no_prompt_mode}": "0.90 vs 0.88: difference 0.02 [-0.03, 0.07] (not",
@@ -602,14 +603,14 @@ if not TRAIN and "drop0" in arms:
 # difference, −0.03 to 0.09, includes 0), by step 100 the two arms are level (0.46 and
 # 0.46), and they end equal: IoU 0.92 against 0.92 (difference −0.00, interval −0.01 to
 # 0.01), every disk within 1 px in both, and without a prompt (`cond_only`) 0.88 against
-# 0.90, not a supported difference. If anything the Gaussian arm learns *sooner*: it
+# 0.90 (difference 0.01, interval −0.03 to 0.06: not supported). If anything the Gaussian arm learns *sooner*: it
 # jumps at steps 400, 300 and 300 against 500 in every zero-connector seed, and at
 # steps 300 and 400 its IoU is ahead (by 0.23, interval 0.01–0.38, and by 0.19,
 # interval 0.06–0.32, both supported; at steps 200 and 500 the intervals include 0).
-# That fits chapter 02's finding that random connectors give the trainable copy a
-# head start of about one step of gradient; we compared four steps here, so read the
-# earlier jump as a lead to re-test, not a settled result. Two caveats keep this from
-# contradicting the paper: the toy's
+# Chapter 02 found that random connectors give the trainable copy a head start of
+# about one step of gradient, which alone would not move a jump by 100–200 steps; and
+# we compared four steps here. Read the earlier jump as a lead to re-test, not a
+# settled result. Two caveats keep this from contradicting the paper: the toy's
 # trainable copy is 0.5 M parameters, a copy of a base trained on nothing but circles,
 # not of SD's pretrained encoder (whose features a noisy start could damage more: a
 # likely explanation, not one we tested); and our Gaussian connectors use the scale of
@@ -623,7 +624,8 @@ if not TRAIN and "drop0" in arms:
 # trainable parameters instead of 490,152) is the one change the toy clearly punishes:
 # final IoU 0.83 against 0.92 (difference 0.09, interval 0.04–0.16, supported), with
 # 86 %, 39 % and 78 % of the disks within 1 px on its three seeds against 100 % for the
-# copy, and jumps at steps 500, 1,100 and 700, later than the copy's 500 in every seed.
+# copy, and jumps at steps 500, 1,100 and 700: level with the copy's 500 in its first
+# seed, later in the other two.
 # Its seeds also disagree far more (0.75 to 0.87 final IoU), so the copy buys
 # reliability as well as quality. Without a prompt, guided by `cond_only`, lite's
 # deficit (0.88 against 0.90) is not supported. The paper's §4.2 ranks Gaussian
@@ -633,16 +635,16 @@ if not TRAIN and "drop0" in arms:
 #
 # **Prompt dropping.** The paper (§3.3) drops 50 % of the prompts so that the ControlNet
 # learns to read the condition on its own; the public tutorial and diffusers' training
-# script default to 0 %. On the toy, 0 % is better on every count we measured. Without
+# script default to 0 %. On the toy, 0 % is never worse, and it is better without a
+# prompt and in how soon it learns. Without
 # a prompt, where the paper expects dropping to help, the 0 % arm follows the outline
 # *better*: at β = 1, 0.89 against 0.79 (difference 0.09, interval 0.03–0.15,
 # supported; the paper's direction, 50 % above 0 %, is not), and guided by `cond_only`
 # 0.95 against 0.90 (0.05, interval 0.02–0.09, supported). With the prompt the arms end
 # level for practical purposes: 0.93 against 0.92, every disk within 1 px in both; the
 # difference, 0.01, is supported only just (its interval's lower end is above 0 but
-# prints as 0.00, and other random draws could put it on either side), so read it as
-# borderline. And it
-# learns sooner: its seeds jump at steps 200, 400 and 200 against 500 in every 50 %
+# prints as 0.00, and another bootstrap, or other training seeds, could put that lower
+# end below 0), so read it as borderline. The 0 % arm also learns sooner: its seeds jump at steps 200, 400 and 200 against 500 in every 50 %
 # seed, and at step 300 its IoU is ahead by 0.31 (interval 0.12–0.44). So the paper's
 # reason for dropping prompts is not supported here; the toy points the other way. Our
 # reading, not tested: Fill50k's prompts name only colours, never where the circle is,
@@ -691,7 +693,8 @@ if not TRAIN and "drop0" in arms:
 #   IoU and prompt colours; `cnetlib.convergence`: the jump detector, per run and per
 #   sample; `python -m cnetlib.experiments.sudden_convergence`: all of it from the shell.
 # * At this scale: every seed follows the outline (IoU above 0.9 with the prompt, every
-#   disk within 1 px) after 9 to 14 minutes on two CPU cores, the jump comes
+#   disk within 1 px) after 9 to 14 minutes on two CPU cores (an ablation run takes up
+#   to 16), the jump comes
 #   within 6 minutes, and the prompt keeps its colours; single samples switch more
 #   abruptly than the mean, which rises over a few hundred steps because samples switch
 #   at different times; the loss sees the jump too.

@@ -72,6 +72,8 @@ def make_batch(parts, batch_size: int, resolution: int, seed: int, drop_prompt: 
 
 def diffusers_step(acc, parts, controlnet, opt, batch: dict, weight_dtype: torch.dtype, max_grad_norm: float):
     """The training step of diffusers' ``train_controlnet.py``, with its public classes."""
+    from cnetlib.train_sd import apply_gradients
+
     vae, unet, scheduler = parts.vae, parts.unet, parts.scheduler
     latents = vae.encode(batch["target"].to(dtype=weight_dtype)).latent_dist.sample() * vae.config.scaling_factor
     noise = torch.randn_like(latents)
@@ -85,11 +87,7 @@ def diffusers_step(acc, parts, controlnet, opt, batch: dict, weight_dtype: torch
                 mid_block_additional_residual=mid.to(dtype=weight_dtype)).sample
     target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
     loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
-    acc.backward(loss)
-    if acc.sync_gradients:
-        acc.clip_grad_norm_(controlnet.parameters(), max_grad_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    apply_gradients(acc, controlnet, opt, loss, max_grad_norm)   # backward, clip, AdamW: the same in both loops
     return loss
 
 
@@ -97,7 +95,7 @@ def measure_arm(arm: str, acc, parts, init, batch: dict, weight_dtype, *, checkp
                 repeats: int, drop_prompt: float = 0.5, max_grad_norm: float = 1.0) -> dict:
     """Median step time and peak memory of one arm, from a fresh ControlNet (``init``'s weights)
     and a fresh AdamW (lr 1e-5, weight decay 1e-2, as both scripts)."""
-    from cnetlib.costs import SavedTensorBytes
+    from cnetlib.costs import SavedTensorBytes, accounted_memory
     from cnetlib.train_sd import train_step
 
     device = parts.device
@@ -137,10 +135,8 @@ def measure_arm(arm: str, acc, parts, init, batch: dict, weight_dtype, *, checkp
     if cuda:
         memory = torch.cuda.max_memory_allocated()
     else:
-        frozen = sum(p.numel() * p.element_size() for m in (parts.vae, parts.text_encoder, parts.unet)
-                     for p in m.parameters())
-        trainable = sum(p.numel() * p.element_size() for p in net.parameters())
-        memory = frozen + 4 * trainable + saved
+        frozen = [p for m in (parts.vae, parts.text_encoder, parts.unet) for p in m.parameters()]
+        memory = accounted_memory(frozen, list(net.parameters()), saved)
     seconds = sorted(times)[len(times) // 2]
     out = {"seconds": seconds, "samples_per_s": batch["target"].shape[0] / seconds, "memory_bytes": int(memory),
            "loss": float(loss.detach())}

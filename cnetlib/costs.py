@@ -41,6 +41,16 @@ class SavedTensorBytes:
         self._ctx.__exit__(*exc)
 
 
+def accounted_memory(frozen, trainable, saved_bytes: int) -> int:
+    """A CPU stand-in for a training step's peak memory: the ``frozen`` parameters once, the
+    ``trainable`` ones four times (θ, ∇θ and AdamW's two moments), and the bytes autograd
+    saved for the backward pass (:class:`SavedTensorBytes`)."""
+    def nbytes(params) -> int:
+        return sum(p.numel() * p.element_size() for p in params)
+
+    return nbytes(frozen) + 4 * nbytes(trainable) + saved_bytes
+
+
 def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None = None, text_tokens: int = 77,
               repeats: int = 3, gradient_checkpointing: bool = False) -> dict:
     """Time and memory of one training step on ``unet``'s device and dtype: ``what="controlnet"``
@@ -61,7 +71,7 @@ def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None =
     cond = torch.rand(batch_size, 3, 8 * latent, 8 * latent, generator=g).to(device, dtype)
     t = torch.randint(0, 1000, (batch_size,), generator=g).to(device)
     target = torch.randn(z.shape, generator=g).to(device, dtype)
-    frozen_bytes = 0
+    frozen: list = []
     if gradient_checkpointing:  # in both settings the whole UNet is checkpointed: like with like
         unet.enable_gradient_checkpointing()
     if what == "controlnet":
@@ -70,7 +80,7 @@ def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None =
             net.enable_gradient_checkpointing()
         unet.requires_grad_(False)
         trainable = list(net.parameters())
-        frozen_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+        frozen = list(unet.parameters())
     else:
         net = None
         unet.requires_grad_(True)
@@ -103,8 +113,7 @@ def step_cost(unet, what: str, *, batch_size: int = 2, latent_size: int | None =
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
-        trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
-        memory = torch.cuda.max_memory_allocated() if cuda else frozen_bytes + 4 * trainable_bytes + act
+        memory = torch.cuda.max_memory_allocated() if cuda else accounted_memory(frozen, trainable, act)
     finally:
         unet.requires_grad_(False)
         if gradient_checkpointing:

@@ -175,18 +175,23 @@ def controlnet_loss(parts: SDParts, controlnet: SDControlNet, batch: dict, g: to
 def train_step(acc, parts: SDParts, controlnet, opt, batch: dict, g: torch.Generator, drop_prompt: float,
                weight_dtype: torch.dtype, max_grad_norm: float) -> torch.Tensor:
     """One optimisation step (or one micro-step under ``acc.accumulate``): the loss in the
-    mixed-precision autocast, backward (scaled for fp16), gradient clipping, AdamW, gradients
-    set to None. :func:`train` runs it every step; ``benchmarks/sd_training.py`` times it
+    mixed-precision autocast, then :func:`apply_gradients`. :func:`train` runs it every step; ``benchmarks/sd_training.py`` times it
     against diffusers' example loop. Returns the loss."""
     with acc.autocast():
         loss = controlnet_loss(parts, controlnet, batch, g, drop_prompt, weight_dtype,
                                acc.process_index, acc.num_processes)
+    apply_gradients(acc, controlnet, opt, loss, max_grad_norm)
+    return loss
+
+
+def apply_gradients(acc, controlnet, opt, loss: torch.Tensor, max_grad_norm: float) -> None:
+    """What follows the loss, as diffusers' example does it too: backward (scaled for fp16),
+    gradient clipping when the gradients are synchronised, AdamW, gradients set to None."""
     acc.backward(loss)
     if acc.sync_gradients:
         acc.clip_grad_norm_(controlnet.parameters(), max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return loss
 
 
 def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step: int, out: Path) -> dict:

@@ -2,7 +2,7 @@
 
     python benchmarks/sampling.py [--n 32] [--steps 20] [--repeat 2]
 
-Classifier-free guidance with ControlNet needs ε_c and ε_uc at every step (chapter 05).
+Classifier-free guidance with ControlNet needs ε_c and ε_uc at every step (chapter 06).
 Written as the formula reads, that is two passes of the controlled model of batch B, each
 encoding the condition again. ``cnetlib.guidance.guided_model_fn`` computes c_f = E(c)
 once per image and runs ε_c and ε_uc as one batch of 2B in channels-last memory. This

@@ -1,4 +1,4 @@
-"""Benchmarks of cnetlib's SD ControlNet, printed side by side in one run (chapter 08).
+"""Benchmarks of cnetlib's SD ControlNet, printed side by side in one run (chapter 09).
 
     python benchmarks/sd_controlnet.py                      # tiny preset on the CPU
     python benchmarks/sd_controlnet.py --preset sd15 --device cuda --dtype bf16

@@ -1,4 +1,4 @@
-"""One ControlNet training step: cnetlib's ``train_sd`` against diffusers' example loop, side by side (chapter 08).
+"""One ControlNet training step: cnetlib's ``train_sd`` against diffusers' example loop, side by side (chapter 09).
 
     python benchmarks/sd_training.py                                   # tiny preset on the CPU (a test runs it)
     python benchmarks/sd_training.py --preset sd15 --device cuda \\

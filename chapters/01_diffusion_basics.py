@@ -80,7 +80,7 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 #
 # `cnetlib.data` draws such pairs from a seed instead of downloading them: sample *i*
 # depends only on `(seed, i)`. The toy chapters work at 32 × 32 pixels with a palette of
-# 8 well-separated colours; Stable Diffusion (chapter 07) gets 512 px and all 148 CSS
+# 8 well-separated colours; Stable Diffusion (chapter 08) gets 512 px and all 148 CSS
 # colours.
 
 # %%
@@ -563,7 +563,7 @@ assert 0.75 <= stop["unprompted_clean_share"] <= 0.85 and stop_raw["unprompted_c
 # still improving fast that average lags behind. Continuing to the schedule's end (about
 # 1 more hour here) closed the gap: at step 8,000 the EMA and raw weights agree, and the
 # EMA meets every target. That is the base the book ships, and every ControlNet of
-# chapters 04–06 is trained on it.
+# chapters 04–07 is trained on it.
 
 # %% [markdown]
 # ## 8 · Classifier-free guidance
@@ -575,7 +575,7 @@ assert 0.75 <= stop["unprompted_clean_share"] <= 0.85 and stop_raw["unprompted_c
 #
 # the paper's ε = ε_uc + β_cfg(ε_c − ε_uc) (`cnetlib.diffusion.classifier_free_guidance`).
 # The subscript keeps the guidance weight apart from the noise schedule's β_t of
-# section 2; chapters 04–06, where no schedule appears, write it plain β.
+# section 2; chapters 04–07, where no schedule appears, write it plain β.
 # β_cfg = 0 is the unconditional model, β_cfg = 1 the conditional one, β_cfg > 1 pushes further
 # toward the prompt. How much does the prompt matter at each β_cfg?
 

@@ -123,12 +123,12 @@ assert 0.35 < copy_share < 0.45   # the encoder half (no decoder, no text encode
 # The copy is about two fifths of the base: it has no decoder and no text encoder (the
 # prompt's features c_t come from the frozen text encoder and are shared). On Stable
 # Diffusion the same recipe gives 361 M trainable parameters for an 860 M UNet
-# (chapter 07 counts them).
+# (chapter 08 counts them).
 #
 # ## 3 · Wire: the connection table
 #
 # One zero convolution per skip connection of the base, plus one for the middle block.
-# h_i is the side of the feature map at that connection (chapter 05 weights the
+# h_i is the side of the feature map at that connection (chapter 06 weights the
 # connections by it):
 
 # %%
@@ -195,7 +195,7 @@ for layer, shape in encoders[("reference", "toy 32 px")].stages(torch.rand(1, 3,
 # The reference encoder has a larger receptive field at SD scale (its three stride-2
 # steps come late, after full-resolution 3 × 3 convs) and about 5× the parameters;
 # both are tiny next to the copy. **The rest of the book uses the reference variant**:
-# it is what the public ControlNet weights contain (chapter 07 loads them), and its
+# it is what the public ControlNet weights contain (chapter 08 loads them), and its
 # zero-initialised last conv makes the whole condition path start at zero, as the
 # paper's Z(c; Θz1) asks. At toy scale nothing needs to be downsampled, so full
 # reference widths (256 channels at 32 × 32) would cost over ten times the toy encoder

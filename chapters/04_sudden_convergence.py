@@ -179,7 +179,7 @@ assert live.log[-1]["circle_accuracy"] >= 0.75   # a fresh ControlNet leaves the
 # recipe above, the probe's curve during training, and at the end one more evaluation on
 # 64 held-out outlines (the first 32 are the probe's): with the prompt (β = 3), with the
 # empty prompt at β = 1 (the plain controlled model), and with the empty prompt in
-# the mode chapter 05 finds best without a prompt (`cond_only`: the control in the
+# the mode chapter 06 finds best without a prompt (`cond_only`: the control in the
 # prompted prediction only, β = 3).
 
 # %%
@@ -228,7 +228,7 @@ if not TRAIN:   # the numbers in the prose below, from the shipped runs
 # 0.92 in each seed, more than nine samples in ten reach 0.85 (92 %, 92 % and 94 %),
 # and every disk is placed within 1 px of the outline's, with both colours right. With
 # the empty prompt the plain controlled model (β = 1) reaches 0.76–0.82, and guiding the
-# control alone (`cond_only`, β = 3) 0.88–0.90: section 6 and chapter 05 come back to
+# control alone (`cond_only`, β = 3) 0.88–0.90: section 6 and chapter 06 come back to
 # that gap. Each run, with its evaluations along the way, took 9 to 14 minutes on two
 # CPU cores (the same code and settings; seed 0 ran while the machine was slower). On the
 # first base of chapter 01 the same recipe, run for 2,000 steps, ended at IoU 0.80–0.81
@@ -341,7 +341,10 @@ print(f"\nmean IoU after training: {mean_after:.3f} (before: {np.mean([row['iou_
 # sharpness is 0.45, 0.56 and 0.41 (only seed 1 crosses the 0.5 line), and 10 % → 90 %
 # of the gain takes 300–400 steps, a quarter to a third of the run. (On the first base of chapter
 # 01 the same measurement gave 0.28, 0.42 and 0.51 over 600–900 steps of 2,000: the
-# crisper base jumps sooner, not more abruptly.) Where does that leave the paper's claim?
+# crisper base jumps sooner, not more abruptly.) The same steps do not survive a change of
+# machine: chapter 05 retrains these seeds under another PyTorch build, whose last-bit
+# rounding differs, and their jumps come at other steps. The step at which a seed jumps
+# is not a property of the seed. Where does that leave the paper's claim?
 
 # %% [markdown]
 # ## 5 · One sample at a time
@@ -430,7 +433,7 @@ display(widgets.VBox([step_slider, widgets.interactive_output(show_step, {"step"
 # weaker half (nine clean disks in ten, against nearly all with a prompt). Two ways to sample with the empty prompt:
 # β = 1, the plain controlled model (with no prompt, classifier-free guidance has nothing
 # to push towards when the control sits in both predictions), and the control in the
-# prompted prediction only, guided at β = 3 (`cond_only`, chapter 05):
+# prompted prediction only, guided at β = 3 (`cond_only`, chapter 06):
 
 # %%
 print(f"{'run':<7}{'before':>8}{'β 1, after':>22}{'within 1 px':>13}{'cond_only β 3':>22}{'within 1 px':>13}")
@@ -699,7 +702,7 @@ if not TRAIN and "drop0" in arms:
 #   abruptly than the mean, which rises over a few hundred steps because samples switch
 #   at different times; the loss sees the jump too.
 # * With the empty prompt the ControlNet follows the outline less well at β = 1 than
-#   with guidance on the control alone: chapter 05 compares the ways to guide.
+#   with guidance on the control alone: chapter 06 compares the ways to guide.
 # * The trainable copy matters: ControlNet-lite ends lower (IoU 0.83 against 0.92) and
 #   less reliably. Neither of the paper's other two choices helps at this scale:
 #   Gaussian connectors end where zero connectors do (no difference we can detect) and

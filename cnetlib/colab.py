@@ -21,7 +21,7 @@ BOOK_URL = "https://github.com/controlnet-book/controlnet-book"
 REPO_ENV = "CNETLIB_REPO"
 
 #: The modules each part of cnetlib needs (import names). "" is the core; "sd" is the extra of
-#: chapters 07-08. ipywidgets is needed by every chapter but any version works (Colab ships 7.x,
+#: chapters 08-09. ipywidgets is needed by every chapter but any version works (Colab ships 7.x,
 #: which must not be upgraded under a running kernel), so it is checked, never installed.
 NEEDS: dict[str, tuple[str, ...]] = {
     "": ("torch", "numpy", "PIL", "tqdm", "matplotlib", "ipywidgets"),

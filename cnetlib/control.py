@@ -1,20 +1,20 @@
-"""How control enters a UNet: one core for the toy (chapters 04–06) and for SD (chapter 07).
+"""How control enters a UNet: one core for the toy (chapters 04–07) and for SD (chapter 08).
 
 A ControlNet k returns one residual r_{k,i} per connection i (the skip connections, then
 the middle block). Before the base adds them, three things decide their size:
 
-* the mode (chapter 05) gives each connection a weight w_i and says which branch of
+* the mode (chapter 06) gives each connection a weight w_i and says which branch of
   classifier-free guidance, ε_c (with the prompt) or ε_uc (without), receives control;
 * each ControlNet has its own scale s_k (diffusers' ``controlnet_conditioning_scale``)
   times a global ``conditioning_scale``;
-* several ControlNets are summed per connection (chapter 06; the paper adds them
+* several ControlNets are summed per connection (chapter 07; the paper adds them
   without weights, all s_k = 1).
 
     residual_i = Σ_k s_k · w_i · r_{k,i}
 
 :func:`branch_weights` is the mode table and :func:`weigh_and_sum` the sum.
 ``cnetlib.guidance`` (the toy sampler) and ``cnetlib.sd`` (SD's) both call them, so the
-modes chapter 05 measures are the ones chapter 07 runs; a test sends one mode table
+modes chapter 06 measures are the ones chapter 08 runs; a test sends one mode table
 through both samplers and checks they weigh the connections alike.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ def guess_weights(n: int) -> list[float]:
     The reference code writes 0.825^(n−1−i) for SD's n = 13, which is the same curve
     there (0.825¹² = 0.099). For other n the two differ, and we keep diffusers' form: it
     keeps SD's range, 0.1 to 1, whatever the number of connections (for the toy's 7:
-    0.10 … 1, where 0.825^(n−1−i) would start at 0.32; chapter 05 shows both).
+    0.10 … 1, where 0.825^(n−1−i) would start at 0.32; chapter 06 shows both).
     """
     return torch.logspace(-1, 0, n, dtype=torch.float64).tolist()
 
@@ -138,7 +138,7 @@ def weigh_and_sum(
         w = [1.0] * n if weights is None else weights
         if len(w) != n:
             raise ValueError(f"connection_scales: expected {n} values (one per connection, middle last), got {len(w)}")
-        d = [r * (s * wi) for r, wi in zip(d, w[:-1])]          # its scale s_k and chapter 05's w_i
+        d = [r * (s * wi) for r, wi in zip(d, w[:-1])]          # its scale s_k and chapter 06's w_i
         m = m * (s * w[-1])
         if down is not None and len(d) != len(down):
             raise ValueError(f"controlnets: expected every ControlNet to have {len(down) + 1} connections, got {n}")

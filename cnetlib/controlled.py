@@ -1,4 +1,4 @@
-"""The frozen base steered by one or more ControlNets (chapters 03, 04, 06), and inspection.
+"""The frozen base steered by one or more ControlNets (chapters 03, 04, 07), and inspection.
 
 :func:`control_residuals` runs each ControlNet and sums their residuals per connection
 (:func:`cnetlib.control.weigh_and_sum`); :class:`ControlledUNet` adds them to the frozen
@@ -39,7 +39,7 @@ def control_residuals(
     The paper adds the outputs of several ControlNets without weights (all s_k = 1);
     diffusers gives each its own ``controlnet_conditioning_scale``. ``connection_scales``
     (length = number of connections, the middle block last) is the per-connection w_i
-    that guess mode and resolution weighting use (chapter 05). ``condition_features``:
+    that guess mode and resolution weighting use (chapter 06). ``condition_features``:
     each ControlNet's c_f = E(c_k) if already computed (a sampler computes them once).
     """
     if len(controlnets) == 0:

@@ -1,4 +1,4 @@
-"""The cost of a training step: ControlNet against fine-tuning the whole UNet (chapter 08).
+"""The cost of a training step: ControlNet against fine-tuning the whole UNet (chapter 09).
 
 The paper reports that training with ControlNet on one A100 takes about 23 % more GPU
 memory and 34 % more time per iteration than fine-tuning SD itself. :func:`compare_costs`

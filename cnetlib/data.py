@@ -214,7 +214,7 @@ class Fill50k(_PairDataset):
     ``source`` (3, H, W) in [0, 1], ``target`` (3, H, W) in [-1, 1] and ``prompt``;
     with ``with_meta=True`` also the exact disk ``mask`` and the colours.
     ``condition`` picks what ``source`` holds: ``"outline"`` (Fill50K's) or
-    ``"colour_hint"`` (:func:`colour_hint`, chapter 06's second condition).
+    ``"colour_hint"`` (:func:`colour_hint`, chapter 07's second condition).
     Introduced in chapter 01.
     """
 
@@ -257,7 +257,7 @@ CONDITIONS = ("outline", "colour_hint")
 def colour_hint(targets: np.ndarray, cells: int = 4) -> np.ndarray:
     """A coarse colour map of each target: the mean colour of each of ``cells`` × ``cells``
     blocks, blown back up to full size (uint8 ``(..., H, W, 3)``). It carries both colours
-    and a blurred position, but no outline (chapter 06's second condition)."""
+    and a blurred position, but no outline (chapter 07's second condition)."""
     t = np.asarray(targets)
     if t.dtype != np.uint8 or t.shape[-1] != 3 or t.shape[-2] % cells or t.shape[-3] % cells:
         raise ValueError(f"targets: expected uint8 (..., H, W, 3) with H and W divisible by {cells}, "
@@ -345,7 +345,7 @@ def check_folder(root: Path, records: list[dict]) -> None:
 
 class LazyPairs(Dataset):
     """Pairs made one at a time, for 512 px training where 50,000 pairs do not fit in memory
-    (chapter 08). ``LazyPairs(n, size=512)`` renders generator samples on demand;
+    (chapter 09). ``LazyPairs(n, size=512)`` renders generator samples on demand;
     ``LazyPairs.from_folder(root, size)`` reads the authors' layout file by file (checked
     for completeness first). Items: ``source`` (3, H, W) in [0, 1], ``target`` in [-1, 1],
     ``prompt``, and ``mask`` (the disk, generated pairs only).
@@ -367,7 +367,7 @@ class LazyPairs(Dataset):
         return out
 
     def fingerprint(self) -> str:
-        """What a resumed training checks it still trains on (chapter 08's ``--resume``): the
+        """What a resumed training checks it still trains on (chapter 09's ``--resume``): the
         generator's settings, or for a folder its prompt file, the size of every image and the
         bytes of 16 evenly spaced pairs (hashing 100,000 full images at every resume would not pay)."""
         import hashlib

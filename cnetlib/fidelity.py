@@ -120,7 +120,7 @@ def _finite_or_none(values: np.ndarray, digits: int = 3) -> list:
 
 
 # ----------------------------------------------------------------------------------
-# Prompt settings and guidance tables (chapter 05)
+# Prompt settings and guidance tables (chapter 06)
 # ----------------------------------------------------------------------------------
 #: The paper's prompt settings (its Figure 5): none, too little, conflicting, full.
 PROMPT_SETTINGS = ("no prompt", "insufficient", "conflicting", "full")
@@ -193,7 +193,7 @@ def measure(base, controls: Sequence[Control], prompts: Sequence[str], masks: np
             truth: Sequence[str] | None = None, seeds: Sequence[int] = (0,), **sample_options) -> Measurement:
     """Sample with :func:`cnetlib.guidance.sample` once per sampling seed in ``seeds`` and measure
     every sample: the condition IoU, the placement (:func:`cnetlib.metrics.placement`) and, when
-    known, whether the colours match ``truth`` (prompts naming the wanted colours, chapter 06) or,
+    known, whether the colours match ``truth`` (prompts naming the wanted colours, chapter 07) or,
     without it, the prompts themselves when they name colours."""
     if len(seeds) == 0:
         raise ValueError("seeds: expected at least one sampling seed, got none")
@@ -235,7 +235,7 @@ def guidance_table(base, controlnet, probe: FidelityProbe, modes: Sequence[str],
 
 def guidance_view(base, controls: Sequence[Control], prompts: Sequence[str], masks: np.ndarray | None = None, *,
                   seed: int = 0, steps: int = 20, title: str = "", **sample_options):
-    """Samples for ``prompts`` under ``controls`` and the sampling options of chapter 05's
+    """Samples for ``prompts`` under ``controls`` and the sampling options of chapter 06's
     sliders (mode, guidance, conditioning_scale, max_weight, control_start/end), with the
     condition IoU in the title when ``masks`` are given. Returns ``(figure, numbers)``."""
     from .viz import image_grid

@@ -1,6 +1,6 @@
 """Inference-time control: classifier-free guidance with ControlNet, in every named mode.
 
-Chapter 04 samples with mode ``"both"``; chapter 05 compares all of them; chapter 06
+Chapter 04 samples with mode ``"both"``; chapter 06 compares all of them; chapter 07
 passes several ControlNets. With ε_c = the model with the prompt c_t and ε_uc = with
 the empty prompt, classifier-free guidance is (paper, section 4)
 
@@ -15,15 +15,15 @@ Where does the control go?
   block's feature map), so deep, coarse blocks weigh more. No public reference code
   implements it; the literal ×8 on the middle block is reported to break generation, so
   here the weights are normalised to ``max_weight · h_min / h_i``: the coarsest
-  connection gets ``max_weight``, the finest ``max_weight · h_min / h_max`` (chapter 05);
+  connection gets ``max_weight``, the finest ``max_weight · h_min / h_max`` (chapter 06);
 * ``"guess"``: only in ε_c with w_i = ``logspace(-1, 0, n)`` (diffusers' form: the first,
   finest block gets 0.1, the middle block 1); the reference code writes 0.825^(n−1−i) for
-  SD's 13 connections, the same curve there, not for the toy's 7 (chapter 05 shows both).
+  SD's 13 connections, the same curve there, not for the toy's 7 (chapter 06 shows both).
 
 Every mode takes a global ``conditioning_scale`` and a window ``[control_start,
 control_end)`` of the sampling steps (as fractions) outside which no control is added.
 The mode table and the sum of several ControlNets live in :mod:`cnetlib.control`, which
-``cnetlib.sd`` calls too: SD's 13 connections (chapter 07) are weighed by the same functions.
+``cnetlib.sd`` calls too: SD's 13 connections (chapter 08) are weighed by the same functions.
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def sample(
     """Generate one image per prompt under any number of controls; ``(B, 3, H, W)`` in [-1, 1].
 
     ``controls`` is a :class:`Control`, a list of them, or ``(controlnet, condition[,
-    scale])`` tuples: their residuals are summed per connection (chapter 06). With no
+    scale])`` tuples: their residuals are summed per connection (chapter 07). With no
     controls this is plain text-to-image sampling of the base.
     """
     prompts = check_prompts(prompts)
@@ -206,7 +206,7 @@ def sample(
 
 def plot_connection_weights(connections: Sequence[Connection] | Sequence[int], max_weights: Sequence[float] = (1.0,),
                             title: str = "per-connection weight w_i"):
-    """w_i of every mode per connection (the middle block last), one line each (chapter 05)."""
+    """w_i of every mode per connection (the middle block last), one line each (chapter 06)."""
     import matplotlib.pyplot as plt
 
     hs = [c.resolution if isinstance(c, Connection) else int(c) for c in connections]

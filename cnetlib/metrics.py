@@ -194,7 +194,7 @@ def disk_quality(images: torch.Tensor | np.ndarray, threshold: float = 60.0) -> 
 
 
 # ----------------------------------------------------------------------------------
-# Placement: is the drawn disk where the condition's disk is? (chapters 04-06)
+# Placement: is the drawn disk where the condition's disk is? (chapters 04-07)
 # ----------------------------------------------------------------------------------
 @dataclass
 class Placement:

@@ -1,4 +1,4 @@
-"""Error bars: 95 % bootstrap intervals for the book's tables (chapters 01, 04-06).
+"""Error bars: 95 % bootstrap intervals for the book's tables (chapters 01, 04-07).
 
 A toy run measures 32 or 64 samples; a claim ("zero convolutions beat Gaussian
 connectors") compares two such means. Is the difference larger than the noise? The

@@ -300,6 +300,7 @@ def train_controlnet(
     progress: bool = True,
     device: torch.device | str = "cpu",
     on_step=None,
+    stop_at: int | None = None,
 ) -> ControlNetRun:
     """Train ``controlnet`` on ``data`` (outline -> filled circle) with ``base`` frozen.
 
@@ -322,6 +323,10 @@ def train_controlnet(
     (steps, batch, learning rate, seed, data size, the ControlNet's config...) is refused
     with the differences named, before anything is written. ``on_step(step, controlnet)`` is called
     after every optimiser step (chapter 02 records the zero convs' norms with it).
+    ``stop_at`` trains only the first ``stop_at`` of the ``steps`` (the learning-rate schedule
+    stays the full run's, so the weights are those of the full run at that step) and saves
+    the state: a later call with a larger ``stop_at``, or none, continues it (chapter 05
+    keeps snapshots of the first 800 steps of chapter 04's 1,200-step runs).
     """
     from .controlled import ControlledUNet
 
@@ -330,6 +335,8 @@ def train_controlnet(
     check_number(lr, name="lr", low=0.0, low_open=True)
     check_number(eval_every, name="eval_every", low=1, integer=True)
     check_number(checkpoint_every, name="checkpoint_every", low=1, integer=True)
+    if stop_at is not None:
+        check_number(stop_at, name="stop_at", low=1, high=steps, integer=True)
     if sample_every is not None:
         check_number(sample_every, name="sample_every", low=1, integer=True)
     check_number(weight_decay, name="weight_decay", low=0.0)
@@ -397,8 +404,9 @@ def train_controlnet(
     elapsed = run.log[-1].get("seconds", 0.0) if run.log else 0.0  # wall time of the run before a resume
     if run.resumed_from == 0:
         evaluate(0)
-    bar = tqdm(range(run.resumed_from, steps), desc="train ControlNet", disable=not progress,
-               initial=run.resumed_from, total=steps)
+    last = steps if stop_at is None else max(stop_at, run.resumed_from)
+    bar = tqdm(range(run.resumed_from, last), desc="train ControlNet", disable=not progress,
+               initial=run.resumed_from, total=last)
     try:
         for step in bar:
             idx = torch.randint(0, len(data), (batch_size,), generator=g)

@@ -1,4 +1,4 @@
-"""Training a ControlNet on Stable Diffusion, from one CPU to many GPUs (chapter 08).
+"""Training a ControlNet on Stable Diffusion, from one CPU to many GPUs (chapter 09).
 
     python -m cnetlib.train_sd --preset tiny --steps 20 --output-dir runs/sd_tiny
     accelerate launch -m cnetlib.train_sd --preset pretrained --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
@@ -383,7 +383,7 @@ def launch(cfg: SDTrainConfig, processes: int, *, cpu: bool = False, timeout: fl
     """Run ``cfg`` in ``processes`` processes and return the summary it prints: ``accelerate
     launch --num_processes N -m cnetlib.train_sd …``, the command a reader types on a machine
     with N GPUs, or with ``cpu=True`` ``torchrun --standalone --nproc_per_node N -m
-    cnetlib.train_sd …``: N CPU processes talking over gloo (chapter 08 and the tests;
+    cnetlib.train_sd …``: N CPU processes talking over gloo (chapter 09 and the tests;
     ``accelerate launch`` starts a single process on a machine without GPUs).
     ``cfg.batch_size`` is per process: the run trains at a global batch of ``batch_size × N``."""
     import subprocess

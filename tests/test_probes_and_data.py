@@ -1,4 +1,4 @@
-"""Chapter 02's probes, chapter 06's second condition, chapter 08's lazy pairs, chapter 05's prompt settings."""
+"""Chapter 02's probes, chapter 07's second condition, chapter 09's lazy pairs, chapter 06's prompt settings."""
 import json
 
 import numpy as np

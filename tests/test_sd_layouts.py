@@ -4,7 +4,7 @@ Each key of diffusers' ``UNet2DConditionModel`` and ``ControlNetModel`` configs 
 honoured (``SHARED_KEYS``, the ControlNet's own keys), irrelevant to a ControlNet
 (``BASE_ONLY``), or refused unless it holds SD's value (``UNSUPPORTED``). The key lists
 are checked against the constructors' signatures, so a key a later diffusers adds fails
-here instead of passing silently. Chapter 07's table of what loads is this file's last test.
+here instead of passing silently. Chapter 08's table of what loads is this file's last test.
 """
 import inspect
 from types import SimpleNamespace
@@ -97,7 +97,7 @@ def assert_residuals_equal(ours: SDControlNet, theirs: ControlNetModel, unet_con
                 torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5 * scale)
 
 
-#: Chapter 07's table: which published ControlNet families load, and which are refused.
+#: Chapter 08's table: which published ControlNet families load, and which are refused.
 FAMILIES = {
     "ControlNet 1.0 / 1.1 (SD 1.5)": (TINY_UNET_CONFIG, {}),
     "ControlNet 1.1 shuffle (global_pool_conditions)": (TINY_UNET_CONFIG, {"global_pool_conditions": True}),

@@ -53,3 +53,25 @@ def test_shipped_ablation_runs_are_whole_arms_of_the_recipe_with_one_change():
             expected = {"variant": "zero", "drop_prompt": RECIPE.drop_prompt, "n_train": RECIPE.n_train,
                         "lr": RECIPE.lr, "batch_size": RECIPE.batch_size, "steps": RECIPE.steps, **RUNS[name]}
             assert {k: s[k] for k in expected} == expected, name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_the_shipped_mechanism_curves_are_whole_runs_of_their_settings(seed):
+    from cnetlib.experiments.mechanism import ALPHAS, BOOK_SEEDS, SHIPPED_MECHANISM
+
+    path = SHIPPED_MECHANISM / f"seed{seed}" / "curves.json"
+    assert path.is_file(), f"{path} missing: regenerate with python -m cnetlib.experiments.mechanism --book"
+    c = json.loads(path.read_text())
+    every = BOOK_SEEDS[seed].get("every", 25)
+    alpha_every = BOOK_SEEDS[seed].get("alpha_every", 100)
+    assert c["seed"] == seed and c["until"] == RECIPE.steps and len(c["loss_per_step"]) == RECIPE.steps
+    assert [r["step"] for r in c["snapshots"]] == list(range(0, RECIPE.steps + 1, every))
+    for r in c["snapshots"]:
+        assert {"gain", "connector_rms", "residual_ratio", "condition_path", "seconds"} <= set(r), r["step"]
+        assert ("iou_alpha1" in r) == (r["step"] % c["follow_every"] == 0)
+        assert ("iou_alpha" in r) == bool(alpha_every and r["step"] % alpha_every == 0)
+        if "iou_alpha" in r:
+            assert sorted(map(float, r["iou_alpha"])) == [a for a in ALPHAS if a != 1.0]
+    assert c["snapshots"][0]["gain"]["high noise"]["gain"] == 0.0     # zero convolutions at step 0
+    assert "train_seconds" in c and "torch" in c
+    assert not (path.parent / "snapshots.pt").exists()     # snapshots stay under runs/, never in data/

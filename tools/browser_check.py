@@ -10,7 +10,7 @@
 
 Chromium comes from the system (Debian: ``apt install chromium``), driven by the
 ``playwright`` Python package through ``executable_path``; ``playwright install`` is never
-needed. Usage: ``python tools/browser_check.py [chapters/05_guidance_modes.ipynb ...]``
+needed. Usage: ``python tools/browser_check.py [chapters/06_guidance_modes.ipynb ...]``
 (default: every chapter whose source uses ``interactive_output``). JupyterLab opens copies
 under ``build/browser/`` (so its autosave never touches the committed notebooks); the
 screenshots of each chapter after its checks land there too.

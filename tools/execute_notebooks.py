@@ -4,7 +4,7 @@ Why not nbconvert itself: to mimic the front end of ipywidgets' ``Output`` widge
 ``interactive_output`` uses for every slider in this book), nbclient sends comm messages
 on the shell channel from inside its IOPub handler, and now and then the cell's
 ``execute_reply`` is lost: the kernel sits idle, nbconvert waits forever
-(jupyter/nbclient#312; seen here on chapters 02, 05 and 07). Without that mimicry the
+(jupyter/nbclient#312; seen here on chapters 02, 06 and 08). Without that mimicry the
 Output widget's first rendering lands in the cell like any other output, which is also
 what a reader of the static notebook wants to see. Widget state is still saved.
 

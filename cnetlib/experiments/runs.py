@@ -33,11 +33,11 @@ ARMS: dict[str, dict] = {
     "drop0": {"drop_prompt": 0.0},                         # --drop-prompt 0
     "n1000": {"n_train": 1000},                            # --n-train 1000
 }
-#: name -> keyword arguments of run_experiment: ``seed0`` … ``gaussian2`` …, and chapter 06's colour hint.
+#: name -> keyword arguments of run_experiment: ``seed0`` … ``gaussian2`` …, and chapter 07's colour hint.
 RUNS: dict[str, dict] = {f"{arm}{s}": {"seed": s, **kw} for arm, kw in ARMS.items() for s in TRAINING_SEEDS}
-RUNS["colour"] = {"seed": 0, "condition": "colour_hint"}   # --condition colour_hint (chapter 06)
+RUNS["colour"] = {"seed": 0, "condition": "colour_hint"}   # --condition colour_hint (chapter 07)
 SEEDS = tuple(f"seed{s}" for s in TRAINING_SEEDS)
-#: Runs whose trained ControlNet ships (chapters 05-06 sample with them); the others ship their logs only.
+#: Runs whose trained ControlNet ships (chapters 06-07 sample with them); the others ship their logs only.
 SHIPPED_WEIGHTS = SEEDS + ("colour",)
 
 
@@ -114,7 +114,7 @@ def run_or_load(name: str, *, train: bool, progress: bool = True, device: str = 
 def load_controlnet(name: str = "seed0", *, train: bool = False, progress: bool = True):
     """The trained ControlNet of run ``name`` (``controlnet.pt`` of its folder), frozen, in eval mode.
 
-    Chapters 05 and 06 use ``seed0`` (the outline ControlNet) and ``colour`` (the colour
+    Chapters 06 and 07 use ``seed0`` (the outline ControlNet) and ``colour`` (the colour
     hint). With ``train`` the run is trained (or reused) under ``runs/`` first.
     """
     from ..checkpoint import load_checkpoint

@@ -58,7 +58,7 @@ def final_evaluation(base, controlnet, recipe: Recipe = RECIPE, device: str = "c
     """The trained ControlNet measured once more on ``recipe.final_probe_n`` held-out outlines
     (the training curve uses ``probe_n``): IoU and placement with the prompt (mode both, β 3),
     with the empty prompt at β = 1 (the plain controlled model), and with the empty prompt in
-    ``recipe.no_prompt_mode`` at β = ``recipe.no_prompt_guidance`` (chapter 05's best mode)."""
+    ``recipe.no_prompt_mode`` at β = ``recipe.no_prompt_guidance`` (chapter 06's best mode)."""
     from ..controlled import ControlledUNet
     from ..fidelity import _finite_or_none, condition_iou
     from ..guidance import Control, sample

@@ -1,6 +1,6 @@
 """ControlNet on Stable Diffusion: the same copy-and-zero-conv machinery on a diffusers UNet.
 
-Chapter 07 explains it; chapter 08 trains it. :class:`SDControlNet` is cnetlib's own
+Chapter 08 explains it; chapter 09 trains it. :class:`SDControlNet` is cnetlib's own
 ControlNet for a diffusers ``UNet2DConditionModel`` (SD 1.x / 2.x layouts): a
 :func:`~cnetlib.controlnet.trainable_copy` of the UNet's ``conv_in``, time embedding,
 ``down_blocks`` and ``mid_block`` (Θc), the reference code's condition encoder
@@ -12,7 +12,7 @@ layout (``control_model.input_blocks…``, ``zero_convs``, ``input_hint_block``,
 ``middle_block_out``) through an explicit key map.
 
 :func:`generate` samples with any number of ControlNets and every guidance mode of
-chapter 05 on top of diffusers components; :meth:`SDParts.tiny` builds a complete,
+chapter 06 on top of diffusers components; :meth:`SDParts.tiny` builds a complete,
 SD-shaped set of components from configs with random weights, so everything here runs
 offline and on a CPU.
 

@@ -5,7 +5,7 @@ from typing import Any, Sequence
 
 #: The hub id of Stable Diffusion 1.5 (``runwayml/...`` was removed from the hub in 2024): the one place it is named.
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-#: The authors' Canny ControlNet for SD 1.5 on the hub, in diffusers' layout (chapter 07).
+#: The authors' Canny ControlNet for SD 1.5 on the hub, in diffusers' layout (chapter 08).
 CANNY_CONTROLNET_ID = "lllyasviel/sd-controlnet-canny"
 #: The annotators' weights (HED, depth, pose...) that controlnet-aux loads from the hub.
 ANNOTATORS_ID = "lllyasviel/Annotators"

@@ -1,4 +1,4 @@
-"""``SDControlNet``: the trainable copy of a diffusers UNet's encoder, its condition encoder and zero convolutions (chapter 07)."""
+"""``SDControlNet``: the trainable copy of a diffusers UNet's encoder, its condition encoder and zero convolutions (chapter 08)."""
 from __future__ import annotations
 
 import os
@@ -102,7 +102,7 @@ class SDControlNet(nn.Module):
         """Θc = a trainable copy of ``unet``'s encoder half; E and Z keep their own initialisation.
 
         The ControlNet is float32 whatever the UNet's dtype: trainable weights stay in fp32
-        (chapter 08); call ``.to(dtype)`` for half-precision inference.
+        (chapter 09); call ``.to(dtype)`` for half-precision inference.
         """
         if not all(hasattr(unet, part) for part in ("config", "conv_in", "time_embedding", "down_blocks", "mid_block")):
             raise TypeError(f"unet: expected a diffusers UNet2DConditionModel, got {type(unet).__name__}"
@@ -186,7 +186,7 @@ class SDControlNet(nn.Module):
         return {prefix + to_original_key(k, self): v for k, v in self.state_dict().items()}
 
     def enable_gradient_checkpointing(self, enable: bool = True) -> None:
-        """Recompute the copy's block activations in the backward pass instead of storing them (chapter 08)."""
+        """Recompute the copy's block activations in the backward pass instead of storing them (chapter 09)."""
         import functools
 
         from torch.utils.checkpoint import checkpoint
@@ -240,7 +240,7 @@ def fill_zero_layers(net: nn.Module, std: float = 0.05, seed: int = 0) -> nn.Mod
     """Give every all-zero tensor of ``net`` random N(0, std²) values, as training would.
 
     A fresh ControlNet outputs exact zeros, which proves nothing in an equivalence test or
-    a demo with random weights (chapter 07's tiny preset, the tests, the benchmark).
+    a demo with random weights (chapter 08's tiny preset, the tests, the benchmark).
     """
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Sampling SD with any number of ControlNets in every guidance mode of chapter 05 (``generate``)."""
+"""Sampling SD with any number of ControlNets in every guidance mode of chapter 06 (``generate``)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -76,7 +76,7 @@ def generate(
     progress: bool = False,
     output: str = "image",
 ) -> torch.Tensor:
-    """Text-to-image with any number of SD ControlNets, in any guidance mode of chapter 05.
+    """Text-to-image with any number of SD ControlNets, in any guidance mode of chapter 06.
 
     ``controls``: :class:`~cnetlib.guidance.Control` (``controlnet``, ``condition`` image,
     ``scale``) or ``(controlnet, image[, scale])`` tuples; residuals are summed per
@@ -117,7 +117,7 @@ def generate(
         check_number(c.scale, name=f"controls[{k}].scale")
     controls = [Control(c.controlnet, prepare_condition(c.condition, height, width, b, device, dtype), c.scale)
                 for c in controls]
-    # cnetlib.control's mode table and sum, as the toy sampler uses them (chapter 05 -> chapter 07)
+    # cnetlib.control's mode table and sum, as the toy sampler uses them (chapter 06 -> chapter 08)
     w_uc, w_c = opts.weights(controls[0].controlnet.connections) if controls else (None, None)
     scales = [c.scale * conditioning_scale for c in controls]
     cfg = guidance > 1.0

@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # 05 · Guidance with control: where the condition goes in CFG, and resolution weighting
+# # 06 · Guidance with control: where the condition goes in CFG, and resolution weighting
 #
 # Classifier-free guidance (chapter 01) combines two predictions of one network, with
 # the prompt (ε_c) and with the empty prompt (ε_uc):
@@ -101,7 +101,7 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # ```
 #
 # `branch_weights` is the table above in code (`cnetlib.control`), and Stable Diffusion's
-# sampler in chapter 07 calls the same function, so the modes compared here are the
+# sampler in chapter 08 calls the same function, so the modes compared here are the
 # modes it runs.
 #
 # **Normalising the resolution weights.** Read literally, w_i = 64 / h_i multiplies
@@ -126,10 +126,10 @@ base = load_or_train_base()
 hs_toy = [c.resolution for c in base.connections]
 hs_sd = [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]
 fig = plot_connection_weights(hs_toy, (1.0, 4.0), "toy base: 7 connections")
-save_figure(fig, "05_weights_toy")
+save_figure(fig, "06_weights_toy")
 plt.show()
 fig = plot_connection_weights(hs_sd, (1.0, 8.0), "Stable Diffusion: 13 connections")
-save_figure(fig, "05_weights_sd")
+save_figure(fig, "06_weights_sd")
 plt.show()
 assert connection_weights("resolution_weighted", hs_sd, 8.0) == [64 / h for h in hs_sd]   # the paper's w_i
 assert np.allclose(guess_weights(13), reference_guess_weights(13), atol=3e-3)   # the two forms agree at SD's n
@@ -167,7 +167,7 @@ net = load_controlnet("seed0")
 probe = FidelityProbe(n=pick(32, 8), steps=pick(20, 6))
 modes = ["both", "cond_only", "resolution_weighted", "guess"]
 fig = modes_by_settings_grid(base, net, probe, modes, PROMPT_SETTINGS, conditions=(0, 1, 2), guidance=3.0)
-save_figure(fig, "05_modes_by_settings")
+save_figure(fig, "06_modes_by_settings")
 plt.show()
 
 # %% [markdown]
@@ -183,7 +183,7 @@ guidances = pick([1.0, 3.0, 5.0], [1.0, 3.0])
 settings = pick(list(PROMPT_SETTINGS), ["no prompt", "full"])
 table = guidance_table(base, net, probe, modes, guidances, settings, seeds=seeds, progress=True)
 fig = plot_guidance_table(table, settings, modes, guidances)
-save_figure(fig, "05_iou_by_mode")
+save_figure(fig, "06_iou_by_mode")
 plt.show()
 
 print(f"IoU [95 % interval], {len(seeds)} seeds × {probe.n} outlines")
@@ -317,7 +317,7 @@ ax.errorbar(max_weights, [c.value for c in cis], yerr=[[c.value - c.low for c in
             fmt="o-", capsize=2)
 ax.set(xscale="log", xlabel="max_weight (coarsest connection)", ylabel="IoU", title="resolution weighting, no prompt, β = 3")
 fig.tight_layout()
-save_figure(fig, "05_max_weight")
+save_figure(fig, "06_max_weight")
 plt.show()
 
 # %% [markdown]
@@ -428,4 +428,4 @@ display(widgets.VBox([widgets.HBox([prompt_pick, mode_pick]), widgets.HBox([beta
 #   over several sampling seeds; `cnetlib.stats`: their intervals and paired comparisons.
 # * The measured table above: which mode follows the outline best without a prompt, and
 #   what each costs with a full prompt, at toy scale.
-# * Chapter 06 adds a second ControlNet and sums them.
+# * Chapter 07 adds a second ControlNet and sums them.

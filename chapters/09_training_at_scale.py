@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # 08 · Training ControlNet at scale
+# # 09 · Training ControlNet at scale
 #
 # Chapter 04 trained a toy ControlNet with a plain PyTorch loop. Training one on Stable
 # Diffusion is the same loop with four additions that the question "why does it run out
@@ -27,7 +27,7 @@
 #
 # `python -m cnetlib.train_sd` is that script (`accelerate launch -m cnetlib.train_sd`
 # for several GPUs or nodes, no code change). Here it runs a few steps on the tiny preset
-# of chapter 07, resumes exactly from a checkpoint, and then we measure the cost the
+# of chapter 08, resumes exactly from a checkpoint, and then we measure the cost the
 # paper reports: one ControlNet training step against one step of fine-tuning the UNet
 # itself, same batch (paper, SD on an A100 40GB: +23 % memory, +34 % time).
 #
@@ -106,7 +106,7 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # %%
 from cnetlib.train_sd import SDTrainConfig, train
 
-work = Path(tempfile.mkdtemp(prefix="cnetlib_ch08_"))
+work = Path(tempfile.mkdtemp(prefix="cnetlib_ch09_"))
 steps = pick(16, 4)
 base_cfg = dict(preset="tiny", resolution=64, batch_size=4, lr=1e-4, lr_warmup_steps=pick(12, 3),
                 gradient_accumulation_steps=2, gradient_checkpointing=True, checkpoint_every=2,

@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # 07 · ControlNet on Stable Diffusion
+# # 08 · ControlNet on Stable Diffusion
 #
 # Everything so far ran on a toy UNet of 1.1 M parameters. Stable Diffusion's UNet has
 # 860 M, works on 64 × 64 × 4 latents of a VAE instead of pixels, and reads its prompt
@@ -20,7 +20,7 @@
 #
 # This chapter attaches it, inspects it, checks that it computes what diffusers'
 # `ControlNetModel` computes, and generates with one and two conditions in every
-# guidance mode of chapter 05.
+# guidance mode of chapter 06.
 #
 # **Where it runs.** On a GPU with internet (Colab) it loads Stable Diffusion 1.5 and
 # the public Canny ControlNet (`lllyasviel/sd-controlnet-canny`) in fp16. Offline, or on
@@ -31,7 +31,7 @@
 # load the real weights, the chapter prints why and falls back to the tiny preset.)
 # With the real weights the samples below are portraits whose outlines follow the Canny
 # edges of the photo, and the four guidance modes differ most without a prompt, as
-# chapter 05 measured on the toy. **Time on a 2-core CPU:** 1–2 minutes.
+# chapter 06 measured on the toy. **Time on a 2-core CPU:** 1–2 minutes.
 
 # %%
 # On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
@@ -88,7 +88,7 @@ with torch.device("meta"):
     sd15_net = SDControlNet.from_unet(sd15_unet)
 n_unet = sum(p.numel() for p in sd15_unet.parameters())
 n_net = sum(p.numel() for p in sd15_net.parameters())
-n_toy = sum(p.numel() for p in load_base().parameters())  # the toy base of chapters 01-06
+n_toy = sum(p.numel() for p in load_base().parameters())  # the toy base of chapters 01-07
 print(f"SD 1.5 UNet: {n_unet / 1e6:.1f} M parameters ({n_unet / n_toy:,.0f}× the toy base's {n_toy / 1e6:.1f} M); "
       f"its ControlNet: {n_net / 1e6:.1f} M ({n_net / n_unet:.0%})\n")
 print(f"{'#':>2}  {'block':<11} {'level':>5} {'channels':>8} {'h_i':>4}")
@@ -234,7 +234,7 @@ for ax, im, title in zip(axes, (photo, edges), ("photo (data/grace_hopper_512.jp
     ax.imshow(im)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
-save_figure(fig, "07_canny")
+save_figure(fig, "08_canny")
 plt.show()
 e = np.asarray(edges)
 assert e.shape[:2] == (size, size) and set(np.unique(e)) <= {0, 255} and 0.01 < (e > 0).mean() < 0.5
@@ -247,7 +247,7 @@ except RuntimeError as err:
 # %% [markdown]
 # ## 5 · Generating with one condition
 #
-# `cnetlib.sd.generate` is chapter 05's sampler on SD: any number of controls, any
+# `cnetlib.sd.generate` is chapter 06's sampler on SD: any number of controls, any
 # guidance mode, conditioning scale, control window. Which branch of guidance gets the
 # control, with which weight per connection, and how several ControlNets add up come from
 # `cnetlib.control`, the same functions the toy's sampler calls (a unit test runs every
@@ -278,13 +278,13 @@ for ax in axes:
     ax.axis("off")
 axes[0].set_title("condition", fontsize=8)
 axes[1].set_title(f"sample ({weights_label})", fontsize=8)
-save_figure(fig, "07_one_condition")
+save_figure(fig, "08_one_condition")
 plt.show()
 
 # %% [markdown]
 # ## 6 · The guidance modes, side by side
 #
-# The four modes of chapter 05, same seed, same condition, with and without a prompt
+# The four modes of chapter 06, same seed, same condition, with and without a prompt
 # (on the tiny preset the differences are real but the pictures are not: they only show
 # that each mode computes something different):
 
@@ -303,14 +303,14 @@ for ax, img, (p_, mode) in zip(axes.flat, images, [(p_, m) for p_ in ("no prompt
     ax.axis("off")
 fig.suptitle(f"guidance modes, same seed ({weights_label})", fontsize=9)
 fig.tight_layout()
-save_figure(fig, "07_modes")
+save_figure(fig, "08_modes")
 plt.show()
 assert not torch.equal(images[0], images[1])          # "both" and "cond_only" differ
 
 # %% [markdown]
 # ## 7 · Two conditions
 #
-# Several ControlNets add up per connection (chapter 06). On SD one would combine, say,
+# Several ControlNets add up per connection (chapter 07). On SD one would combine, say,
 # Canny and depth; here a second ControlNet (offline: another random one) reads the
 # edges of the mirrored photo.
 
@@ -337,7 +337,7 @@ def two_conditions(scale_1: float = 1.0, scale_2: float = 1.0, guidance: float =
 
 
 fig, both_img = two_conditions()
-save_figure(fig, "07_two_conditions")
+save_figure(fig, "08_two_conditions")
 plt.show()
 _, only_first = two_conditions(1.0, 0.0)
 plt.close("all")
@@ -367,4 +367,4 @@ display(widgets.VBox([widgets.HBox([s1, s2, beta]),
 # * `cnetlib.sd.generate`: SD sampling with any number of ControlNets and every guidance
 #   mode; identical to diffusers' pipeline in mode `both`.
 # * `cnetlib.sd.annotate`: control images from photos (Canny offline).
-# * Chapter 08 trains such a ControlNet and measures what it costs.
+# * Chapter 09 trains such a ControlNet and measures what it costs.

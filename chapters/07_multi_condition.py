@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # 06 · Two conditions at once: summing ControlNets
+# # 07 · Two conditions at once: summing ControlNets
 #
 # One frozen model, several ControlNets, each trained alone on its own condition. The
 # paper composes them in the simplest way there is (§3.4, "Composing multiple
@@ -81,7 +81,7 @@ hint = source_to_tensor(colour_hint(pairs.targets))
 truth = pairs.prompts                            # the colours we want: never shown to the model
 fig = image_grid(np.concatenate([pairs.sources[:6], colour_hint(pairs.targets[:6]), pairs.targets[:6]]), ncols=6,
                  scale=1.2, suptitle="outline · colour hint · target")
-save_figure(fig, "06_conditions")
+save_figure(fig, "07_conditions")
 plt.show()
 
 # %%
@@ -89,7 +89,7 @@ from cnetlib.base import load_or_train_base
 from cnetlib.experiments.runs import load_controlnet, load_run, SHIPPED
 from cnetlib.experiments.sudden_convergence import RECIPE
 
-NO_PROMPT_MODE = RECIPE.no_prompt_mode   # chapter 05's best mode without a prompt
+NO_PROMPT_MODE = RECIPE.no_prompt_mode   # chapter 06's best mode without a prompt
 base = load_or_train_base()
 net_outline = load_controlnet("seed0")
 net_colour = load_controlnet("colour")
@@ -105,19 +105,19 @@ print("colour ControlNet, as trained (with the empty prompt, colours right):",
 #
 # `sample(base, prompts, controls)` takes any list of `Control(controlnet, condition,
 # scale)`; `cnetlib.control.weigh_and_sum` adds their residuals per connection, each
-# times its scale (the same function sums SD's ControlNets in chapter 07):
+# times its scale (the same function sums SD's ControlNets in chapter 08):
 #
 # ```python
 # for (d, m), s in zip(residuals, scales, strict=True):
 #     ...
-#     d = [r * (s * wi) for r, wi in zip(d, w[:-1])]          # its scale s_k and chapter 05's w_i
+#     d = [r * (s * wi) for r, wi in zip(d, w[:-1])]          # its scale s_k and chapter 06's w_i
 #     m = m * (s * w[-1])
 #     ...
 #     down = d if down is None else [a + b for a, b in zip(down, d)]
 #     mid = m if mid is None else mid + m
 # ```
 #
-# All samples use the empty prompt, in chapter 05's best mode without a prompt
+# All samples use the empty prompt, in chapter 06's best mode without a prompt
 # (`cond_only`) at β = 3. For each setting, over 3 sampling seeds × 32 held-out pairs: the
 # IoU with the outline's disk, the share of disks placed within 1 px, and whether the
 # circle and background colours are the pair's (which only the colour hint knows).
@@ -153,7 +153,7 @@ rows = [sample(base, empty[:k], [Control(c.controlnet, c.condition[:k]) for c in
         for ctrls in settings.values()]
 fig = image_grid(torch.cat([outline[:k] * 2 - 1, hint[:k] * 2 - 1] + rows), ncols=k, scale=1.15,
                  suptitle="outline · colour hint · samples: no control · outline · colour · outline + colour")
-save_figure(fig, "06_single_and_both")
+save_figure(fig, "07_single_and_both")
 plt.show()
 
 # %% [markdown]
@@ -242,7 +242,7 @@ for ax, key, title in ((axes[0], "iou", "IoU with the outline's disk"),
             ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
 fig.colorbar(im, ax=axes, shrink=0.8)
 fig.suptitle(f"outline scale × colour-hint scale {grid}: empty prompt, {opts['mode']}, β = {opts['guidance']:g}")
-save_figure(fig, "06_scales")
+save_figure(fig, "07_scales")
 plt.show()
 for key in ("iou", "within_1px", "background_correct"):
     print(f"{key} [95 % interval] by outline scale (rows) and colour-hint scale (columns):")
@@ -300,7 +300,7 @@ print(f"agreeing conditions, IoU {both.ci('iou')}")
 conflict = conflict_outline.images
 fig = image_grid(torch.cat([outline[:k] * 2 - 1, hint_other[:k] * 2 - 1, conflict[:k]]), ncols=k, scale=1.15,
                  suptitle="conflict: outline · another pair's colour hint · their sum")
-save_figure(fig, "06_conflict")
+save_figure(fig, "07_conflict")
 plt.show()
 
 # %%

@@ -1,0 +1,275 @@
+"""Why is convergence sudden? A ControlNet measured along its training (chapter 05).
+
+Chapter 04 shows *that* the sampled fidelity jumps. Here every snapshot of a training run
+is measured twice over:
+
+* **the network**, without sampling: how much lower the denoising loss is with the true
+  condition c than with another image's (:meth:`MechanismProbe.condition_gain`, per band
+  of noise levels), the connectors' per-weight RMS (:func:`cnetlib.probes.connector_rms`)
+  and the size of the residuals r_i = Z(F(x + Z(c_f); Θc)) next to the frozen features
+  h_i they are added to (:meth:`MechanismProbe.residual_ratio`);
+* **the sampler**: each held-out outline sampled with many noise draws, so that every
+  outline gets a probability of being followed (:meth:`MechanismProbe.following`), and the
+  same with the control scaled by α (the sampler's ``conditioning_scale``).
+
+If the network changes smoothly while the sampled fidelity jumps, the jump is made by
+the sampler: a control signal that grows steadily crosses the level at which the 20
+DDIM steps commit to the condition's layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checks import check_number
+from .controlled import ControlledUNet
+from .controlnet import ControlNet
+from .data import Fill50k, source_to_tensor, target_to_tensor
+from .diffusion import make_schedule, prediction_target, q_sample
+from .fidelity import condition_iou
+from .guidance import Control, sample
+from .unet import ToyUNet
+
+#: Bands of the diffusion steps t (of T = 1000): where the noise is high, middle, low.
+BANDS: dict[str, tuple[int, int]] = {"high noise": (667, 1000), "mid noise": (333, 667), "low noise": (0, 333)}
+
+
+class Snapshots:
+    """An ``on_step`` callback for :func:`cnetlib.train.train_controlnet`: keeps a copy of the
+    ControlNet's weights every ``every`` steps (on the CPU, in memory), in ``states[step]``."""
+
+    def __init__(self, every: int) -> None:
+        self.every = check_number(every, name="every", low=1, integer=True)
+        self.states: dict[int, dict[str, torch.Tensor]] = {}
+
+    def keep(self, step: int, controlnet: ControlNet) -> None:
+        self.states[step] = {k: v.detach().cpu().clone() for k, v in controlnet.state_dict().items()}
+
+    def __call__(self, step: int, controlnet: ControlNet) -> None:
+        if step % self.every == 0:
+            self.keep(step, controlnet)
+
+
+def shuffled(condition: torch.Tensor) -> torch.Tensor:
+    """Each image gets the next image's condition (a roll by one: nobody keeps its own)."""
+    if condition.shape[0] < 2:
+        raise ValueError(f"condition: expected a batch of at least 2 to shuffle, got {condition.shape[0]}")
+    return condition.roll(1, dims=0)
+
+
+@dataclass
+class MechanismProbe:
+    """Fixed held-out outlines (``Fill50k(seed=seed)``; training uses seed 0), noise draws and
+    timesteps: every snapshot is measured on exactly the same inputs.
+
+    ``n`` outlines × ``draws`` noise draws for :meth:`following`; ``loss_n`` pairs ×
+    ``loss_draws`` (t, ε) draws per band of :data:`BANDS` for :meth:`condition_gain`.
+    """
+
+    n: int = 8
+    draws: int = 16
+    steps: int = 20
+    guidance: float = 3.0
+    threshold: float = 0.8
+    loss_n: int = 64
+    loss_draws: int = 4
+    seed: int = 1
+    condition: str = "outline"
+    size: int = 32
+    data: Fill50k = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        for name in ("n", "draws", "steps", "loss_n", "loss_draws"):
+            check_number(getattr(self, name), name=name, low=1, integer=True)
+        check_number(self.threshold, name="threshold", low=0.0, high=1.0)
+        if self.loss_n < 2:
+            raise ValueError(f"loss_n: expected at least 2 pairs (the shuffled condition needs another image), "
+                             f"got {self.loss_n}")
+        self.data = Fill50k(max(self.n, self.loss_n), size=self.size, seed=self.seed, condition=self.condition)
+        self.conditions = source_to_tensor(self.data.sources)
+        self.targets = target_to_tensor(self.data.targets)
+        self.masks = np.asarray(self.data.masks, bool)
+        self.prompts = list(self.data.prompts)
+
+    @torch.no_grad()
+    def following(self, base: ToyUNet, controlnet: ControlNet, scale: float = 1.0, draws: int | None = None,
+                  seed: int = 0) -> np.ndarray:
+        """IoU (n, draws) of each outline's samples, one per noise draw, with the prompt, mode
+        "both" at β = ``guidance`` and the control scaled by ``scale`` (α); the same draws
+        for every snapshot and every α. ``(iou >= threshold).mean(1)``: each outline's
+        probability of being followed."""
+        draws = self.draws if draws is None else check_number(draws, name="draws", low=1, integer=True)
+        cond = self.conditions[: self.n].repeat_interleave(draws, 0)
+        prompts = [p for p in self.prompts[: self.n] for _ in range(draws)]
+        images = sample(base, prompts, Control(controlnet, cond), mode="both", guidance=self.guidance,
+                        conditioning_scale=scale, steps=self.steps, seed=seed)
+        return condition_iou(images, self.masks[: self.n].repeat(draws, 0)).reshape(self.n, draws)
+
+    def _noised(self, base: ToyUNet, band: tuple[int, int], draw: int):
+        schedule = make_schedule(base.config.schedule)
+        g = torch.Generator().manual_seed(1000 * draw + band[0])
+        x0 = self.targets[: self.loss_n]
+        t = torch.randint(band[0], band[1], (len(x0),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        return q_sample(x0, t, noise, schedule), t, prediction_target(x0, noise, t, schedule, base.config.prediction)
+
+    @torch.no_grad()
+    def condition_gain(self, base: ToyUNet, controlnet: ControlNet) -> dict[str, dict[str, float]]:
+        """Per band of :data:`BANDS`: the denoising loss of the frozen base alone, of the
+        controlled model with the true condition and with a shuffled one (:func:`shuffled`),
+        and ``gain`` = shuffled − true: how much the *right* outline lowers the loss. 0 at
+        step 0 (zero connectors); it can only grow if the network reads the condition."""
+        model = ControlledUNet(base, controlnet).eval()
+        context = base.encode_prompts(self.prompts[: self.loss_n])
+        cond = self.conditions[: self.loss_n]
+        out = {}
+        for name, band in BANDS.items():
+            sums = np.zeros(3)
+            for d in range(self.loss_draws):
+                x_t, t, target = self._noised(base, band, d)
+                sums += [float(F.mse_loss(base(x_t, t, context), target)),
+                         float(F.mse_loss(model(x_t, t, context, cond), target)),
+                         float(F.mse_loss(model(x_t, t, context, shuffled(cond)), target))]
+            base_loss, true, wrong = sums / self.loss_draws
+            out[name] = {"base": base_loss, "true": true, "shuffled": wrong, "gain": wrong - true}
+        return out
+
+    @torch.no_grad()
+    def residual_ratio(self, base: ToyUNet, controlnet: ControlNet, band: str = "mid noise") -> list[float]:
+        """‖r_i‖ / ‖h_i‖ per connection i (the middle block's last): the residual the
+        ControlNet adds next to the frozen feature h_i it is added to, on the probe's pairs
+        noised in ``band``. 0 at step 0."""
+        if band not in BANDS:
+            raise ValueError(f"band: expected one of {list(BANDS)}, got {band!r}")
+        x_t, t, _ = self._noised(base, BANDS[band], 0)
+        context = base.encode_prompts(self.prompts[: self.loss_n])
+        feats: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, o: feats.append(o))
+                 for m in (*base.input_blocks, base.middle_block)]
+        try:
+            base(x_t, t, context)
+        finally:
+            for h in hooks:
+                h.remove()
+        down, mid = controlnet(x_t, t, context, self.conditions[: self.loss_n])
+        return [float(r.norm() / h.norm()) for r, h in zip([*down, mid], feats)]
+
+
+@torch.no_grad()
+def condition_path(controlnet: ControlNet, probe: "MechanismProbe", base: ToyUNet, band: str = "mid noise") -> dict[str, float]:
+    """The first door the condition must pass: ``c_f = Z(E(c); Θz1)``, added to the copy's
+    first features h_0. Returns the per-weight RMS of Θz1 (the encoder's zero conv),
+    ``size`` = ‖c_f‖ / ‖h_0‖ and ``signal`` = ‖c_f − mean(c_f)‖ / ‖h_0‖: the part of c_f
+    that differs from outline to outline (the mean over the probe's outlines is what a
+    bias or any constant adds, which says nothing about where the circle goes), on the
+    probe's pairs noised in ``band``. All are 0 at step 0."""
+    z = controlnet.condition_encoder.layers[-1]
+    x_t, t, _ = probe._noised(base, BANDS[band], 0)
+    context = base.encode_prompts(probe.prompts[: probe.loss_n])
+    seen: list[torch.Tensor] = []
+    hook = controlnet.input_blocks[0].register_forward_hook(lambda _m, _i, o: seen.append(o))
+    try:
+        controlnet(x_t, t, context, probe.conditions[: probe.loss_n])
+    finally:
+        hook.remove()
+    c_f = controlnet.condition_encoder(probe.conditions[: probe.loss_n])
+    h0 = seen[0].norm()
+    return {"encoder_zero_rms": float(z.weight.norm()) / z.weight.numel() ** 0.5,
+            "size": float(c_f.norm() / h0), "signal": float((c_f - c_f.mean(0, keepdim=True)).norm() / h0)}
+
+
+def sharpness(steps: Sequence[int], y: Sequence[float], window: int) -> float:
+    """The largest share of the total rise ``y[-1] − y[0]`` made within any ``window`` steps
+    (chapter 04's sharpness, on a curve that need not start at its minimum)."""
+    steps, y = np.asarray(steps), np.asarray(y, float)
+    gain = y[-1] - y[0]
+    if gain <= 0:
+        return float("nan")
+    best = 0.0
+    for i, s in enumerate(steps):
+        j = np.searchsorted(steps, s + window, side="right") - 1
+        best = max(best, float(y[j] - y[i]))
+    return best / gain
+
+
+def half_step(steps: Sequence[int], y: Sequence[float], share: float = 0.5) -> float:
+    """The step at which ``y`` first reaches ``y[0] + share·(y[-1] − y[0])``, interpolated
+    linearly between evaluations."""
+    steps, y = np.asarray(steps, float), np.asarray(y, float)
+    level = y[0] + share * (y[-1] - y[0])
+    above = np.nonzero(y >= level)[0]
+    if len(above) == 0:
+        return float("nan")
+    k = above[0]
+    if k == 0:
+        return float(steps[0])
+    return float(steps[k - 1] + (level - y[k - 1]) / (y[k] - y[k - 1]) * (steps[k] - steps[k - 1]))
+
+
+#: What :func:`curve` reads from a run's ``curves.json`` (see :mod:`cnetlib.experiments.mechanism`).
+METRICS = ("iou", "following", "rms", "ratio", *(f"path:{k}" for k in ("encoder_zero_rms", "size", "signal")),
+           *(f"gain:{b}" for b in BANDS))
+
+
+def curve(curves: dict, metric: str, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one measurement along a run: ``"iou"`` (mean sampled IoU at
+    control scale ``alpha``), ``"following"`` (mean over outlines of the share of draws
+    with IoU ≥ the probe's threshold), ``"rms"`` (connectors' mean per-weight RMS),
+    ``"ratio"`` (mean ‖r_i‖/‖h_i‖), ``"path:KEY"`` (:func:`condition_path`) or ``"gain:BAND"`` (:meth:`MechanismProbe.condition_gain`)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+    rows = curves["snapshots"]
+    if metric in ("iou", "following"):
+        key = "iou_alpha1" if alpha == 1.0 else "iou_alpha"
+        rows = [r for r in rows if key in r and (alpha == 1.0 or str(alpha) in r[key])]
+        if not rows:
+            raise ValueError(f"alpha: no sampled IoU at control scale {alpha} in these curves "
+                             f"(measured: 1.0 and {curves.get('alphas')})")
+        ious = [np.asarray(r[key] if alpha == 1.0 else r[key][str(alpha)]) for r in rows]
+        values = [m.mean() if metric == "iou" else (m >= curves["probe"]["threshold"]).mean() for m in ious]
+    elif metric == "rms":
+        values = [np.mean(r["connector_rms"]) for r in rows]
+    elif metric == "ratio":
+        values = [np.mean(r["residual_ratio"]) for r in rows]
+    elif metric.startswith("path:"):
+        rows = [r for r in rows if "condition_path" in r]
+        values = [r["condition_path"][metric.split(":", 1)[1]] for r in rows]
+    else:
+        values = [r["gain"][metric.split(":", 1)[1]]["gain"] for r in rows]
+    return np.array([r["step"] for r in rows]), np.asarray(values, float)
+
+
+def timing(steps: Sequence[int], y: Sequence[float], window: float = 0.1):
+    """Chapter 04's jump detector (:func:`cnetlib.convergence.detect_jump`) on ``y`` rescaled
+    so that its start is 0 and its end (mean of the last 10 %) is 1: one definition of
+    "when" and "how abruptly" for curves of any unit (IoU, loss gain, norms)."""
+    from .convergence import detect_jump
+
+    y = np.asarray(y, float)
+    tail = y[-max(1, len(y) // 10):].mean()
+    if tail == y[0]:
+        raise ValueError("y: the curve ends where it starts; there is no rise to time")
+    return detect_jump(steps, (y - y[0]) / (tail - y[0]), window=window)
+
+
+def log_growth(steps: Sequence[int], y: Sequence[float], low: float, high: float) -> tuple[float, int, int]:
+    """How fast ``y`` climbs on a log scale: from the last step it is below ``low`` (before it
+    first reaches ``high``) to the first step it reaches ``high``, in steps per factor of 10:
+    ``(steps per ×10, from, to)``. A quantity that grows exponentially climbs every decade
+    in the same number of steps, however flat it looks on a linear axis before."""
+    steps, y = np.asarray(steps), np.asarray(y, float)
+    if not 0 < low < high:
+        raise ValueError(f"low, high: expected 0 < low < high, got {low:g}, {high:g}")
+    reach = np.nonzero(y >= high)[0]
+    if len(reach) == 0:
+        raise ValueError(f"y: never reaches {high:g} (max {y.max():.3g})")
+    hi = int(reach[0])
+    below = np.nonzero(y[:hi] < low)[0]
+    if len(below) == 0:
+        raise ValueError(f"y: is not below {low:g} before it reaches {high:g}")
+    lo = int(below[-1])
+    return float((steps[hi] - steps[lo]) / np.log10(high / low)), int(steps[lo]), int(steps[hi])

@@ -1,0 +1,139 @@
+"""Chapter 05's measurements: snapshots, the probe's network and sampler measures, and the timing helpers."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnetlib.data import Fill50k
+from cnetlib.experiments.mechanism import load_curves, trajectory_check
+from cnetlib.mechanism import (METRICS, MechanismProbe, Snapshots, condition_path, curve, log_growth, shuffled,
+                               timing)
+from cnetlib.train import train_controlnet
+from tiny import tiny_base, tiny_controlnet
+
+DATA = Fill50k(64, size=16)
+KW = dict(batch_size=8, lr=3e-3, seed=3, progress=False)
+
+
+def probe():
+    return MechanismProbe(n=2, draws=3, steps=2, loss_n=6, loss_draws=1, size=16)
+
+
+def test_snapshots_keep_copies_and_stop_at_continues_the_same_run(tmp_path):
+    base = tiny_base()
+    straight = train_controlnet(base, tiny_controlnet(base), DATA, steps=6, **KW)
+    snaps = Snapshots(2)
+    net = tiny_controlnet(base)
+    first = train_controlnet(base, net, DATA, steps=6, out_dir=tmp_path, on_step=snaps, stop_at=4, **KW)
+    assert len(first.losses) == 4 and not first.interrupted and sorted(snaps.states) == [2, 4]
+    assert not torch.equal(snaps.states[2]["zero_convs.0.weight"], snaps.states[4]["zero_convs.0.weight"])
+    # copies, not views: training on must not change a kept snapshot
+    kept = {k: v.clone() for k, v in snaps.states[4].items()}
+    second = train_controlnet(base, tiny_controlnet(base), DATA, steps=6, out_dir=tmp_path, on_step=snaps, **KW)
+    assert second.resumed_from == 4 and second.losses == straight.losses   # the lr schedule is the 6-step run's
+    assert all(torch.equal(kept[k], snaps.states[4][k]) for k in kept) and sorted(snaps.states) == [2, 4, 6]
+    assert all(torch.equal(a, b) for a, b in zip(straight.controlnet.state_dict().values(),
+                                                 second.controlnet.state_dict().values()))
+    with pytest.raises(ValueError, match="stop_at"):
+        train_controlnet(base, tiny_controlnet(base), DATA, steps=6, stop_at=7, **KW)
+
+
+def test_shuffled_gives_every_image_another_condition():
+    c = torch.arange(4.0).view(4, 1, 1, 1)
+    assert shuffled(c).flatten().tolist() == [3.0, 0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="at least 2"):
+        shuffled(c[:1])
+
+
+def test_a_fresh_controlnet_ignores_the_condition_and_an_open_condition_path_is_read():
+    base, p = tiny_base(), probe()
+    fresh = tiny_controlnet(base)
+    gain = p.condition_gain(base, fresh)
+    assert set(gain) == {"high noise", "mid noise", "low noise"}
+    for band in gain.values():   # zero connectors: the controlled model is the base, whatever the outline
+        torch.testing.assert_close(band["true"], band["base"])
+        assert band["gain"] == 0.0
+    assert p.residual_ratio(base, fresh) == [0.0] * len(fresh.zero_convs)
+    assert condition_path(fresh, p, base) == {"encoder_zero_rms": 0.0, "size": 0.0, "signal": 0.0}
+    trained = tiny_controlnet(base)
+    train_controlnet(base, trained, DATA, steps=8, **KW)
+    path = condition_path(trained, p, base)
+    assert path["encoder_zero_rms"] > 0 and path["size"] >= path["signal"] > 0
+    assert all(r > 0 for r in p.residual_ratio(base, trained))
+    # 8 steps leave the outline's part of c_f at ~1e-6, below the loss's float resolution: open the path by hand
+    with torch.no_grad():
+        trained.condition_encoder.layers[-1].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    assert condition_path(trained, p, base)["signal"] > 100 * path["signal"]
+    assert all(band["gain"] != 0.0 for band in p.condition_gain(base, trained).values())
+    iou = p.following(base, trained, scale=2.0)
+    assert iou.shape == (2, 3) and ((iou >= 0) & (iou <= 1)).all()
+    with pytest.raises(ValueError, match="band"):
+        p.residual_ratio(base, trained, band="loud")
+
+
+def test_the_probe_refuses_sizes_it_cannot_measure():
+    with pytest.raises(ValueError, match="loss_n"):
+        MechanismProbe(loss_n=1, size=16)
+    with pytest.raises(ValueError, match="threshold"):
+        MechanismProbe(threshold=1.5, size=16)
+
+
+def synthetic_curves():
+    rows = []
+    for step in range(0, 201, 25):
+        up = float(step >= 100)
+        rows.append({"step": step, "connector_rms": [0.01 * step] * 2, "residual_ratio": [0.1, 0.3],
+                     "condition_path": {"encoder_zero_rms": 0.1, "size": 0.5, "signal": 10 ** (step / 50 - 4)},
+                     "gain": {b: {"gain": 0.1 * up, "base": 1.0} for b in ("high noise", "mid noise", "low noise")}})
+        if step % 50 == 0:
+            rows[-1]["iou_alpha1"] = [[0.3 + 0.6 * up] * 4] * 2
+        if step % 100 == 0:
+            rows[-1]["iou_alpha"] = {"2.0": [[0.3 + 0.6 * float(step >= 100)] * 2] * 2}
+    return {"snapshots": rows, "probe": {"threshold": 0.8}, "alphas": [1.0, 2.0]}
+
+
+def test_curve_reads_every_metric_and_names_what_is_missing():
+    c = synthetic_curves()
+    for metric in METRICS:
+        steps, y = curve(c, metric)
+        assert len(steps) == len(y) > 0
+    steps, y = curve(c, "following")
+    assert steps.tolist() == [0, 50, 100, 150, 200] and y.tolist() == [0, 0, 1, 1, 1]
+    np.testing.assert_allclose(curve(c, "ratio")[1], 0.2)
+    assert curve(c, "iou", alpha=2.0)[0].tolist() == [0, 100, 200]
+    with pytest.raises(ValueError, match="metric"):
+        curve(c, "loss")
+    with pytest.raises(ValueError, match="control scale 8"):
+        curve(c, "iou", alpha=8.0)
+
+
+def test_timing_and_log_growth_on_known_curves():
+    steps = np.arange(0, 1001, 50)
+    jump = timing(steps, np.where(steps >= 500, 3.0, 1.0))   # any unit: rescaled to 0 → 1
+    assert jump.jump_step == 500 and jump.sharpness == pytest.approx(1.0) and jump.abrupt
+    assert timing(steps, steps / 1000).sharpness < 0.2       # a straight line is not abrupt
+    per_ten, lo, hi = log_growth(steps, 10 ** (steps / 200 - 4), low=1e-3, high=1e-1)
+    assert per_ten == pytest.approx(450 / 2) and (lo, hi) == (150, 600)   # 2 decades in 450 steps on a 50-step grid
+    with pytest.raises(ValueError, match="never reaches"):
+        log_growth(steps, np.full(len(steps), 1e-3), low=1e-2, high=1.0)
+    with pytest.raises(ValueError, match="no rise"):
+        timing(steps, np.ones(len(steps)))
+
+
+def test_the_trajectory_check_compares_logged_means():
+    losses = [0.1] * 50
+    log = [{"step": 0, "loss": 0.0}, {"step": 25, "loss": 0.1}, {"step": 50, "loss": 0.13}, {"step": 75, "loss": 1.0}]
+    assert trajectory_check(losses, log, 25) == pytest.approx(0.03)
+    assert trajectory_check(losses[:10], log, 25) is None
+
+
+def test_missing_curves_name_the_command_that_makes_them(tmp_path, monkeypatch):
+    import cnetlib.experiments.mechanism as m
+
+    monkeypatch.setattr(m, "SHIPPED_MECHANISM", tmp_path)
+    with pytest.raises(FileNotFoundError, match="python -m cnetlib.experiments.mechanism --seed 7"):
+        load_curves(7)
+    (tmp_path / "seed7").mkdir()
+    (tmp_path / "seed7" / "curves.json").write_text(json.dumps(synthetic_curves()))
+    assert len(load_curves(7)["snapshots"]) == 9

@@ -342,8 +342,8 @@ print(f"\nmean IoU after training: {mean_after:.3f} (before: {np.mean([row['iou_
 # of the gain takes 300–400 steps, a quarter to a third of the run. (On the first base of chapter
 # 01 the same measurement gave 0.28, 0.42 and 0.51 over 600–900 steps of 2,000: the
 # crisper base jumps sooner, not more abruptly.) The same steps do not survive a change of
-# machine: chapter 05 retrains these seeds under another PyTorch build, whose last-bit
-# rounding differs, and their jumps come at other steps. The step at which a seed jumps
+# environment: chapter 05 retrains these seeds where the last-bit rounding differs, and
+# their jumps come at other steps. The step at which a seed jumps
 # is not a property of the seed. Where does that leave the paper's claim?
 
 # %% [markdown]

@@ -75,7 +75,7 @@ def test_first_cell_on_a_simulated_colab_clones_once_and_runs_twice(py, tmp_path
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(sys, "path", list(sys.path))
     source = first_cell(py)
-    assert "ensure_installed(book" in source and ('extras=("sd",)' in source) == (py.name[:2] in ("07", "08"))
+    assert "ensure_installed(book" in source and ('extras=("sd",)' in source) == (py.name[:2] in ("08", "09"))
     for _ in range(2):
         exec(compile(source, str(py), "exec"), {"__name__": "__main__"})
     assert [c[:2] for c in ran] == [["rm", "-rf"], ["git", "clone"]]   # cloned once, pip never needed

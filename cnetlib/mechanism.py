@@ -138,25 +138,34 @@ class MechanismProbe:
             out[name] = {"base": base_loss, "true": true, "shuffled": wrong, "gain": wrong - true}
         return out
 
+    def _band_inputs(self, base: ToyUNet, band: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x_t, t and the prompts' context c_t of the probe's pairs noised in ``band`` (first draw)."""
+        if band not in BANDS:
+            raise ValueError(f"band: expected one of {list(BANDS)}, got {band!r}")
+        x_t, t, _ = self._noised(base, BANDS[band], 0)
+        return x_t, t, base.encode_prompts(self.prompts[: self.loss_n])
+
     @torch.no_grad()
     def residual_ratio(self, base: ToyUNet, controlnet: ControlNet, band: str = "mid noise") -> list[float]:
         """‖r_i‖ / ‖h_i‖ per connection i (the middle block's last): the residual the
         ControlNet adds next to the frozen feature h_i it is added to, on the probe's pairs
         noised in ``band``. 0 at step 0."""
-        if band not in BANDS:
-            raise ValueError(f"band: expected one of {list(BANDS)}, got {band!r}")
-        x_t, t, _ = self._noised(base, BANDS[band], 0)
-        context = base.encode_prompts(self.prompts[: self.loss_n])
-        feats: list[torch.Tensor] = []
-        hooks = [m.register_forward_hook(lambda _m, _i, o: feats.append(o))
-                 for m in (*base.input_blocks, base.middle_block)]
-        try:
-            base(x_t, t, context)
-        finally:
-            for h in hooks:
-                h.remove()
+        x_t, t, context = self._band_inputs(base, band)
+        feats = _outputs_of([*base.input_blocks, base.middle_block], lambda: base(x_t, t, context))
         down, mid = controlnet(x_t, t, context, self.conditions[: self.loss_n])
         return [float(r.norm() / h.norm()) for r, h in zip([*down, mid], feats)]
+
+
+def _outputs_of(modules, run) -> list[torch.Tensor]:
+    """The outputs of ``modules`` (in the order they run) while ``run()`` is called, by forward hooks."""
+    seen: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: seen.append(o)) for m in modules]
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
 
 
 @torch.no_grad()
@@ -168,46 +177,11 @@ def condition_path(controlnet: ControlNet, probe: "MechanismProbe", base: ToyUNe
     bias or any constant adds, which says nothing about where the circle goes), on the
     probe's pairs noised in ``band``. All are 0 at step 0."""
     z = controlnet.condition_encoder.layers[-1]
-    x_t, t, _ = probe._noised(base, BANDS[band], 0)
-    context = base.encode_prompts(probe.prompts[: probe.loss_n])
-    seen: list[torch.Tensor] = []
-    hook = controlnet.input_blocks[0].register_forward_hook(lambda _m, _i, o: seen.append(o))
-    try:
-        controlnet(x_t, t, context, probe.conditions[: probe.loss_n])
-    finally:
-        hook.remove()
-    c_f = controlnet.condition_encoder(probe.conditions[: probe.loss_n])
-    h0 = seen[0].norm()
+    x_t, t, context = probe._band_inputs(base, band)
+    c_f, h_0 = _outputs_of([controlnet.condition_encoder, controlnet.input_blocks[0]],   # E runs first
+                          lambda: controlnet(x_t, t, context, probe.conditions[: probe.loss_n]))
     return {"encoder_zero_rms": float(z.weight.norm()) / z.weight.numel() ** 0.5,
-            "size": float(c_f.norm() / h0), "signal": float((c_f - c_f.mean(0, keepdim=True)).norm() / h0)}
-
-
-def sharpness(steps: Sequence[int], y: Sequence[float], window: int) -> float:
-    """The largest share of the total rise ``y[-1] − y[0]`` made within any ``window`` steps
-    (chapter 04's sharpness, on a curve that need not start at its minimum)."""
-    steps, y = np.asarray(steps), np.asarray(y, float)
-    gain = y[-1] - y[0]
-    if gain <= 0:
-        return float("nan")
-    best = 0.0
-    for i, s in enumerate(steps):
-        j = np.searchsorted(steps, s + window, side="right") - 1
-        best = max(best, float(y[j] - y[i]))
-    return best / gain
-
-
-def half_step(steps: Sequence[int], y: Sequence[float], share: float = 0.5) -> float:
-    """The step at which ``y`` first reaches ``y[0] + share·(y[-1] − y[0])``, interpolated
-    linearly between evaluations."""
-    steps, y = np.asarray(steps, float), np.asarray(y, float)
-    level = y[0] + share * (y[-1] - y[0])
-    above = np.nonzero(y >= level)[0]
-    if len(above) == 0:
-        return float("nan")
-    k = above[0]
-    if k == 0:
-        return float(steps[0])
-    return float(steps[k - 1] + (level - y[k - 1]) / (y[k] - y[k - 1]) * (steps[k] - steps[k - 1]))
+            "size": float(c_f.norm() / h_0.norm()), "signal": float((c_f - c_f.mean(0, keepdim=True)).norm() / h_0.norm())}
 
 
 #: What :func:`curve` reads from a run's ``curves.json`` (see :mod:`cnetlib.experiments.mechanism`).

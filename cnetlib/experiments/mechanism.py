@@ -46,6 +46,12 @@ ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 BOOK_SEEDS: dict[int, dict] = {0: {}, 1: {}, 2: {}, 3: {"every": 50, "alpha_every": 0}, 4: {"every": 50, "alpha_every": 0}}
 
 
+def _recipe_controlnet(base, seed: int):
+    """A fresh ControlNet of chapter 04's recipe (zero connectors) on ``base``, drawn from ``seed``."""
+    return toy_controlnet(base, "zero", seed=seed, condition_encoder=RECIPE.condition_encoder,
+                          hint_channels=RECIPE.hint_channels)
+
+
 def train_snapshots(seed: int, until: int, every: int, work: Path, progress: bool = True) -> dict[int, dict]:
     """The ControlNet of chapter 04's ``seed{seed}`` run every ``every`` steps up to ``until``,
     with its training losses; cached in ``work/snapshots.pt``."""
@@ -53,8 +59,7 @@ def train_snapshots(seed: int, until: int, every: int, work: Path, progress: boo
     if path.is_file():
         return torch.load(path, weights_only=True)
     base = load_or_train_base(progress=progress)
-    net = toy_controlnet(base, "zero", seed=seed, condition_encoder=RECIPE.condition_encoder,
-                         hint_channels=RECIPE.hint_channels)
+    net = _recipe_controlnet(base, seed)
     snaps = Snapshots(every)
     snaps.keep(0, net)
     data = Fill50k(RECIPE.n_train, seed=0, condition=RECIPE.condition)
@@ -102,8 +107,7 @@ def measure(seed: int = 0, until: int = RECIPE.steps, every: int = 25, follow_ev
                        "threshold": probe.threshold, "loss_n": probe.loss_n, "loss_draws": probe.loss_draws}
     rows = {r["step"]: r for r in curves["snapshots"]}
     base = load_or_train_base(progress=progress)
-    net = toy_controlnet(base, "zero", seed=seed, condition_encoder=RECIPE.condition_encoder,
-                         hint_channels=RECIPE.hint_channels).eval()
+    net = _recipe_controlnet(base, seed).eval()
     # Every measurement by name: a snapshot measured by an earlier version gets only what it lacks.
     measurements = {
         "gain": lambda: probe.condition_gain(base, net),

@@ -112,7 +112,7 @@ print("→ loading the shipped runs" if not TRAIN else
 # with torch.no_grad():
 #     context = base.encode_prompts(prompts)  # c_t from the frozen text encoder
 # loss = diffusion_loss(lambda x, t: model(x, t, context, cond), x0, schedule,
-#                       base.config.prediction, generator=g)
+#                       base.config.prediction, generator=g, weighting=weighting, timesteps=timesteps)
 # opt.zero_grad(set_to_none=True)
 # loss.backward()
 # ...

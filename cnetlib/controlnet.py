@@ -36,11 +36,11 @@ from .checks import check_images, check_number
 from .condition import CONDITION_ENCODERS, TOY_HINT_CHANNELS, ConditionEncoder  # noqa: F401 (chapter 03 imports them here)
 from .unet import Connection, ToyUNet, UNetConfig, _broadcast_t, timestep_embedding
 
-CONNECTORS = ("zero", "gaussian")
+CONNECTORS = ("zero", "gaussian", "cross_norm")
 COPIES = ("full", "lite")
 
 #: ControlNet variants of the ablations (chapters 02 and 04).
-VARIANTS = ("zero", "gaussian", "lite")
+VARIANTS = ("zero", "gaussian", "lite", "cross_norm")
 
 
 # ----------------------------------------------------------------------------------
@@ -75,6 +75,32 @@ def gaussian_conv(in_ch: int, out_ch: int, std: float | None = None, kernel_size
     return conv
 
 
+class CrossNormConv(nn.Conv2d):
+    """ControlNeXt's cross normalization (Peng et al., 2024) in place of a zero convolution.
+
+    A Gaussian-initialised conv z = W h + b whose output is re-standardised, per image, to the
+    mean and standard deviation of the features h it reads, then scaled by ``scale`` (0.2, as
+    ControlNeXt's SD 1.5 code):  r = scale · ((z − μ_z) / σ_z · σ_h + μ_h).  The residual has
+    a fixed size from step 0, so training can only turn its direction, never grow it from 0.
+    ControlNeXt normalises to the *frozen* branch's features; here h is the trainable copy's
+    (equal to the frozen ones at step 0): a stand-in, chapter 05 says so.
+    """
+
+    def __init__(self, channels: int, scale: float = 0.2, generator: torch.Generator | None = None) -> None:
+        super().__init__(channels, channels, 1)
+        self.scale = scale
+        with torch.no_grad():
+            self.weight.copy_(torch.randn(self.weight.shape, generator=generator) / math.sqrt(channels))
+            self.bias.zero_()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = super().forward(h)
+        dims = tuple(range(1, h.dim()))
+        mu_z, sd_z = z.mean(dims, keepdim=True), z.std(dims, keepdim=True)
+        mu_h, sd_h = h.mean(dims, keepdim=True), h.std(dims, keepdim=True)
+        return self.scale * ((z - mu_z) * (sd_h / (sd_z + 1e-5)) + mu_h)
+
+
 def trainable_copy(module: nn.Module) -> nn.Module:
     """Θc: a deep copy of a (frozen) module with every parameter trainable again."""
     clone = copy.deepcopy(module)
@@ -100,8 +126,8 @@ class ControlNetConfig:
 
     ``base`` is the config of the UNet it was copied from. ``condition_size`` is the
     control image's side (the base's image size for the toy; 512 for SD's 64 latents).
-    ``connector`` is ``"zero"`` (the paper) or ``"gaussian"`` (ablation, std
-    ``connector_std``); ``copy`` is ``"full"`` (the trainable copy) or ``"lite"``
+    ``connector`` is ``"zero"`` (the paper), ``"gaussian"`` (ablation, std
+    ``connector_std``) or ``"cross_norm"`` (ControlNeXt's idea, :class:`CrossNormConv`); ``copy`` is ``"full"`` (the trainable copy) or ``"lite"``
     (ControlNet-lite: one conv per block instead of the copy).
     """
 
@@ -199,6 +225,8 @@ class ControlNet(nn.Module):
     def _connector(self, ch: int, index: int) -> nn.Conv2d:
         if self.config.connector == "zero":
             return zero_conv(ch, ch)
+        if self.config.connector == "cross_norm":
+            return CrossNormConv(ch, generator=torch.Generator().manual_seed(index))
         return gaussian_conv(ch, ch, self.config.connector_std, generator=torch.Generator().manual_seed(index))
 
     @classmethod
@@ -316,7 +344,8 @@ def toy_controlnet(base: ToyUNet, variant: str = "zero", *, connector_std: float
                    condition_encoder: str = "reference", hint_channels: Sequence[int] | None = TOY_HINT_CHANNELS,
                    **options) -> ControlNet:
     """The book's toy ControlNet for ``base``: ``variant`` ``"zero"`` (the paper), ``"gaussian"``
-    (Gaussian-initialised connectors, std ``connector_std``) or ``"lite"`` (ControlNet-lite).
+    (Gaussian-initialised connectors, std ``connector_std``), ``"lite"`` (ControlNet-lite) or
+    ``"cross_norm"`` (ControlNeXt's cross-normalised connectors, chapter 05).
     ``seed`` fixes the condition encoder's random initialisation."""
     if not isinstance(base, ToyUNet):
         raise TypeError(f"base: expected the ToyUNet to copy, got {type(base).__name__}")
@@ -325,5 +354,5 @@ def toy_controlnet(base: ToyUNet, variant: str = "zero", *, connector_std: float
     check_number(seed, name="seed", integer=True)
     torch.manual_seed(seed)
     return ControlNet.from_unet(base, condition_encoder=condition_encoder, hint_channels=hint_channels,
-                                connector="gaussian" if variant == "gaussian" else "zero", connector_std=connector_std,
+                                connector=variant if variant in CONNECTORS else "zero", connector_std=connector_std,
                                 copy="lite" if variant == "lite" else "full", **options)

@@ -118,36 +118,55 @@ def to_x0_eps(out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, schedule: S
     return x0, eps
 
 
-WEIGHTINGS = ("none", "min_snr")
+WEIGHTINGS = ("none", "min_snr", "x0", "epsilon")
+#: How the training timesteps t are drawn: uniform (DDPM, the paper) or "cubic", t = ⌊(1 − u³)·T⌋,
+#: which favours high noise (T2I-Adapter's cubic sampling; chapter 05 tries it).
+TIMESTEP_SAMPLINGS = ("uniform", "cubic")
 
 
 def loss_weights(t: torch.Tensor, schedule: Schedule, prediction: str, weighting: str = "none",
                  gamma: float = 5.0) -> torch.Tensor:
-    """Per-sample loss weights. ``"none"``: 1. ``"min_snr"`` (Hang et al., 2023, "Min-SNR-γ"):
-    weight the x_0 error by min(SNR, γ), i.e. the ε loss by min(SNR, γ)/SNR and the v loss by
-    min(SNR, γ)/(SNR + 1). Chapter 01 tries it as a lever on the toy base (it did not help)."""
+    """Per-sample loss weights: what each timestep's error counts for, written as a weight w(t)
+    on the x_0 error ``‖x_0 − x̂_0‖²`` and divided by the one the plain loss of ``prediction``
+    already puts there (ε: SNR, v: SNR + 1, since ‖ε − ε̂‖² = SNR‖x_0 − x̂_0‖² and
+    ‖v − v̂‖² = (SNR + 1)‖x_0 − x̂_0‖²). ``"none"``: 1. ``"min_snr"`` (Hang et al., 2023,
+    "Min-SNR-γ"): w = min(SNR, γ); chapter 01 tries it as a lever on the toy base (it did not
+    help). ``"x0"``: w = 1, x_0 supervision (arXiv 2604.05761), which keeps the high-noise
+    steps' weight that the ε loss takes away. ``"epsilon"``: w = SNR, the ε loss (Stable
+    Diffusion's) on a model of any prediction. Chapter 05 compares the last two on the toy."""
     if weighting == "none":
         return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-    if weighting != "min_snr":
+    if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    if prediction not in ("epsilon", "v"):
+        raise ValueError(f"prediction: expected 'epsilon' or 'v' to re-weight, got {prediction!r}")
     snr = schedule.snr.to(t.device)[t].float()
-    capped = snr.clamp(max=gamma)
-    if prediction == "epsilon":
-        return capped / snr
-    if prediction == "v":
-        return capped / (snr + 1)
-    raise ValueError(f"prediction: expected one of {PREDICTIONS}, got {prediction!r}")
+    w = {"min_snr": snr.clamp(max=gamma), "x0": torch.ones_like(snr), "epsilon": snr}[weighting]
+    return w / (snr if prediction == "epsilon" else snr + 1)
+
+
+def sample_timesteps(n: int, T: int, sampling: str = "uniform", generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` training timesteps in ``[0, T)``: uniform, or ``"cubic"`` (⌊(1 − u³)·T⌋, u uniform:
+    half of them above t = 0.875·T, where the layout is decided)."""
+    if sampling == "uniform":
+        return torch.randint(0, T, (n,), generator=generator)
+    if sampling == "cubic":
+        u = torch.rand(n, generator=generator)
+        return ((1 - u ** 3) * T).long().clamp(0, T - 1)
+    raise ValueError(f"timesteps: expected one of {TIMESTEP_SAMPLINGS}, got {sampling!r}")
 
 
 def diffusion_loss(model_fn: ModelFn, x0: torch.Tensor, schedule: Schedule, prediction: str,
-                   generator: torch.Generator | None = None, weighting: str = "none") -> torch.Tensor:
+                   generator: torch.Generator | None = None, weighting: str = "none",
+                   timesteps: str = "uniform") -> torch.Tensor:
     """The denoising loss ``E_{t,ε} ‖target − f_θ(x_t, t)‖²`` with ``t`` uniform.
 
     With ``prediction="epsilon"`` this is the paper's ``‖ε − ε_θ(z_t, t, c_t, c_f)‖²``
     (``model_fn`` closes over the conditions c_t, c_f). ``weighting`` re-weights the
-    timesteps (:func:`loss_weights`); the default is the plain mean.
+    timesteps (:func:`loss_weights`); the default is the plain mean. ``timesteps`` draws
+    them another way (:func:`sample_timesteps`).
     """
-    t = torch.randint(0, schedule.T, (x0.shape[0],), generator=generator).to(x0.device)
+    t = sample_timesteps(x0.shape[0], schedule.T, timesteps, generator).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     x_t = q_sample(x0, t, noise, schedule)
     target = prediction_target(x0, noise, t, schedule, prediction)

@@ -247,3 +247,33 @@ def log_growth(steps: Sequence[int], y: Sequence[float], low: float, high: float
         raise ValueError(f"y: is not below {low:g} before it reaches {high:g}")
     lo = int(below[-1])
     return float((steps[hi] - steps[lo]) / np.log10(high / low)), int(steps[lo]), int(steps[hi])
+
+
+#: Chapter 05's levels: the high-noise gain "warns" once it stays ≥ 1e-5 and has "switched" once
+#: it stays ≥ 1e-3; the samples have "jumped" once the mean IoU (3-point running median) stays
+#: ≥ 0.6, about halfway from the 0.35 of an uncontrolled sample to the ~0.9 of a finished run.
+LEVELS = {"warning": 1e-5, "switch": 1e-3, "iou": 0.6}
+
+
+def landmarks(curves: dict, levels: dict[str, float] | None = None) -> dict:
+    """Where one run's curves cross :data:`LEVELS` (chapter 05, section 8): ``warning`` and
+    ``switch`` (first steps from which the high-noise condition gain stays above its levels),
+    ``jump`` (first step from which the sampled mean IoU stays above its level; None if never),
+    ``climb`` (steps per ×10 of the gain from 1e-6 to 1e-2, :func:`log_growth`; None if it
+    does not make that climb), ``bands`` (per band, the first step from which its gain stays
+    ≥ 1e-4), and ``iou_end`` (the mean IoU of the last three sampled snapshots)."""
+    from .convergence import first_step_staying_above, running_median
+
+    levels = {**LEVELS, **(levels or {})}
+    st, g = curve(curves, "gain:high noise")
+    si, iou = curve(curves, "iou")
+    try:
+        climb = log_growth(st, g, low=1e-6, high=1e-2)[0]
+    except ValueError:
+        climb = None
+    return {"warning": first_step_staying_above(st, g, levels["warning"]),
+            "switch": first_step_staying_above(st, g, levels["switch"]),
+            "jump": first_step_staying_above(si, running_median(iou), levels["iou"]),
+            "climb": climb,
+            "bands": {b: first_step_staying_above(*curve(curves, f"gain:{b}"), 1e-4) for b in BANDS},
+            "iou_end": float(iou[-3:].mean()), "last_step": int(st[-1])}

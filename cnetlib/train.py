@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .checks import check_number
 from .data import Fill50k, source_to_tensor, target_to_tensor
-from .diffusion import diffusion_loss, make_schedule
+from .diffusion import TIMESTEP_SAMPLINGS, WEIGHTINGS, diffusion_loss, make_schedule
 
 
 @dataclass
@@ -93,6 +93,13 @@ def controlnet_lr(step: int, steps: int, lr: float, schedule: str) -> float:
     if schedule == "constant":
         return lr
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps - 1))))
+
+
+def cumulative_lr(step: int, steps: int, lr: float, schedule: str) -> float:
+    """Σ lr over the first ``step`` optimiser steps of :func:`controlnet_lr`: how far the
+    learning rate has carried the run (chapter 05 asks whether the jump is a matter of steps
+    or of Σ lr)."""
+    return float(sum(controlnet_lr(k, steps, lr, schedule) for k in range(step)))
 
 
 def warmup_cosine(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
@@ -290,6 +297,8 @@ def train_controlnet(
     max_grad_norm: float | None = 1.0,
     lr_schedule: str = "constant",
     drop_prompt: float = 0.5,
+    weighting: str = "none",
+    timesteps: str = "uniform",
     seed: int = 0,
     probe=None,
     eval_every: int = 50,
@@ -310,7 +319,9 @@ def train_controlnet(
     learning rate that is constant (the paper) or, with ``lr_schedule="cosine"``, decays
     on a cosine to 10 % at the last step, gradients clipped to norm ``max_grad_norm``
     (diffusers' default), and ``drop_prompt`` of the prompts replaced by ``""`` (the
-    paper: 50 %). Every ``eval_every`` steps ``probe`` (a
+    paper: 50 %). ``weighting`` and ``timesteps`` re-weight or re-draw the diffusion steps
+    (:func:`cnetlib.diffusion.loss_weights`, :func:`~cnetlib.diffusion.sample_timesteps`;
+    chapter 05's recipe variants). Every ``eval_every`` steps ``probe`` (a
     :class:`~cnetlib.fidelity.FidelityProbe`) measures the proxy IoU, and every
     ``sample_every`` steps (default: the same) the sampled IoU and prompt colours.
 
@@ -349,6 +360,10 @@ def train_controlnet(
         raise ValueError("data: expected at least one training pair, got an empty dataset")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {lr_schedule!r}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting: expected one of {WEIGHTINGS}, got {weighting!r}")
+    if timesteps not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timesteps: expected one of {TIMESTEP_SAMPLINGS}, got {timesteps!r}")
     check_number(drop_prompt, name="drop_prompt", low=0.0, high=1.0)
     sample_every = sample_every or eval_every
     # What a resumed run must share with the run that wrote state.pt to continue it exactly.
@@ -356,6 +371,8 @@ def train_controlnet(
                 "max_grad_norm": max_grad_norm, "lr_schedule": lr_schedule, "drop_prompt": drop_prompt,
                 "seed": seed, "n_data": len(data), "data": data_fingerprint(data), "eval_every": eval_every,
                 "sample_every": sample_every}
+    if (weighting, timesteps) != ("none", "uniform"):   # only then: older state.pt files stay resumable
+        settings.update({"weighting": weighting, "timesteps": timesteps})
     if is_dataclass(getattr(controlnet, "config", None)):
         settings.update({f"controlnet.{k}": v for k, v in asdict(controlnet.config).items()})
 
@@ -416,7 +433,7 @@ def train_controlnet(
             with torch.no_grad():
                 context = base.encode_prompts(prompts)  # c_t from the frozen text encoder
             loss = diffusion_loss(lambda x, t: model(x, t, context, cond), x0, schedule,
-                                  base.config.prediction, generator=g)
+                                  base.config.prediction, generator=g, weighting=weighting, timesteps=timesteps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for group in opt.param_groups:

@@ -313,3 +313,25 @@ def test_controlnet_lite_is_its_own_class_and_loads_through_controlnet(tmp_path)
     c, ctx = torch.rand(2, 3, 16, 16), base.encode_prompts(["a", "b"])
     for a, b in zip(lite(x, t, ctx, c)[0], again(x, t, ctx, c)[0]):
         torch.testing.assert_close(a, b)
+
+
+def test_cross_norm_connectors_inject_a_fixed_size_residual_from_step_0():
+    """ControlNeXt's cross normalisation (chapter 05): r = 0.2·((z − μ_z)/σ_z·σ_h + μ_h),
+    per image, whatever the conv's weights; so its size is set by the features, not learned."""
+    from cnetlib.controlnet import CrossNormConv
+
+    conn = CrossNormConv(8, generator=torch.Generator().manual_seed(0))
+    h = 3.0 + 2.0 * torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(1))
+    r = conn(h)
+    torch.testing.assert_close(r.mean((1, 2, 3)), 0.2 * h.mean((1, 2, 3)))
+    torch.testing.assert_close(r.std((1, 2, 3)), 0.2 * h.std((1, 2, 3)), rtol=1e-3, atol=1e-5)
+    with torch.no_grad():
+        conn.weight.mul_(100.0)   # a 100x larger conv: the same residual size
+    torch.testing.assert_close(conn(h).std((1, 2, 3)), 0.2 * h.std((1, 2, 3)), rtol=1e-3, atol=1e-5)
+    base = tiny_base()
+    net = tiny_controlnet(base, connector="cross_norm")
+    assert all(isinstance(z, CrossNormConv) for z in net.zero_convs)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        down, mid = net(x, torch.tensor([10, 500]), base.encode_prompts(["red", "blue"]), torch.rand(2, 3, 16, 16))
+    assert all(float(r.abs().max()) > 0 for r in down)   # not zero at step 0, unlike zero convs

@@ -123,3 +123,38 @@ def test_min_snr_weights():
     assert w_v[0] < 0.01 and w_eps[2] == pytest.approx(1.0)   # t = 0: SNR huge, capped; t = T: SNR < γ
     with pytest.raises(ValueError, match="weighting: expected one of"):
         loss_weights(t, s, "v", "p2")
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_x0_and_epsilon_weightings_are_those_losses_whatever_the_prediction(prediction):
+    """The weighted loss of any prediction equals the x_0 loss ("x0") or the ε loss ("epsilon")
+    of the same model output, sample by sample (chapter 05's recipe variants)."""
+    from cnetlib.diffusion import diffusion_loss, q_sample, to_x0_eps
+
+    s = make_schedule("cosine")
+    x0 = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = torch.randn(6, 3, 4, 4, generator=torch.Generator().manual_seed(1))   # any model's output
+    for weighting in ("x0", "epsilon"):
+        g = torch.Generator().manual_seed(2)
+        got = diffusion_loss(lambda x, t: out, x0, s, prediction, generator=g, weighting=weighting)
+        g = torch.Generator().manual_seed(2)   # the same t and ε as diffusion_loss drew
+        t = torch.randint(0, s.T, (6,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = q_sample(x0, t, noise, s)
+        x0_hat, eps_hat = to_x0_eps(out, x_t, t, s, prediction)
+        want = ((x0_hat - x0) if weighting == "x0" else (eps_hat - noise)).pow(2).flatten(1).mean(1).mean()
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_cubic_timesteps_favour_high_noise_and_stay_in_range():
+    from cnetlib.diffusion import sample_timesteps
+
+    g = torch.Generator().manual_seed(0)
+    t = sample_timesteps(20000, 1000, "cubic", g)
+    assert int(t.min()) >= 0 and int(t.max()) <= 999
+    # P(t >= 875) = P(u^3 <= 1/8) = P(u <= 1/2) = 1/2; uniform gives 1/8
+    assert abs(float((t >= 875).float().mean()) - 0.5) < 0.02
+    u = sample_timesteps(20000, 1000, "uniform", g)
+    assert abs(float((u >= 875).float().mean()) - 0.125) < 0.02
+    with pytest.raises(ValueError, match="timesteps: expected one of"):
+        sample_timesteps(4, 1000, "logit_normal", g)

@@ -137,3 +137,66 @@ def test_missing_curves_name_the_command_that_makes_them(tmp_path, monkeypatch):
     (tmp_path / "seed7").mkdir()
     (tmp_path / "seed7" / "curves.json").write_text(json.dumps(synthetic_curves()))
     assert len(load_curves(7)["snapshots"]) == 9
+
+
+def test_recipe_variants_change_only_what_they_name_and_unknown_ones_are_refused(tmp_path, monkeypatch):
+    import cnetlib.experiments.mechanism as m
+    from cnetlib.experiments.sudden_convergence import RECIPE
+
+    plain = m.recipe()
+    assert (plain["lr"], plain["lr_schedule"], plain["steps"], plain["until"]) == (RECIPE.lr, "cosine", RECIPE.steps,
+                                                                                  RECIPE.steps)
+    for name, change in m.RECIPE_VARIANTS.items():
+        r = m.recipe(name)
+        assert {k for k in r if r[k] != plain.get(k)} <= set(change) | {"steps"}, name
+        assert all(r[k] == v for k, v in change.items()), name
+        # a constant learning rate has no schedule to finish: the run is as long as it is measured
+        assert r["steps"] == (r["until"] if r["lr_schedule"] == "constant" else RECIPE.steps), name
+    with pytest.raises(ValueError, match="variant: expected one of"):
+        m.recipe("adamw_1e-5")
+    monkeypatch.setattr(m, "SHIPPED_VARIANTS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="--variant drop0 --seed 1"):
+        m.load_variant("drop0")
+    with pytest.raises(FileNotFoundError, match=r"--variant drop0 --seed 2 --out .*drop0/seed2"):
+        m.load_variant("drop0", seed=2)
+
+
+def test_train_controlnet_refuses_an_unknown_weighting_or_timestep_sampling(tmp_path):
+    base = tiny_base()
+    for bad in ({"weighting": "p2"}, {"timesteps": "logit_normal"}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))}: expected one of"):
+            train_controlnet(base, tiny_controlnet(base), DATA, steps=2, out_dir=tmp_path, **bad, **KW)
+        assert not any(tmp_path.iterdir())   # refused before anything is written
+
+
+def test_landmarks_find_where_a_known_run_crosses_each_level():
+    from cnetlib.mechanism import landmarks
+
+    got = landmarks(synthetic_curves())   # the gain goes 0 -> 0.1 and the IoU 0.3 -> 0.9 at step 100
+    assert (got["warning"], got["switch"], got["jump"]) == (100, 100, 100)
+    assert got["climb"] == pytest.approx(25 / 4)   # 1e-6 -> 1e-2 (four decades) between steps 75 and 100
+    assert got["bands"] == {"high noise": 100, "mid noise": 100, "low noise": 100}
+    assert got["iou_end"] == pytest.approx(0.9) and got["last_step"] == 200
+    never = landmarks(synthetic_curves(), levels={"iou": 0.95, "switch": 0.5})
+    assert never["jump"] is None and never["switch"] is None and never["warning"] == 100
+
+
+def test_cumulative_lr_sums_the_schedule():
+    from cnetlib.train import controlnet_lr, cumulative_lr
+
+    assert cumulative_lr(100, 400, 2e-3, "constant") == pytest.approx(0.2)
+    assert cumulative_lr(0, 400, 2e-3, "cosine") == 0.0
+    full = cumulative_lr(400, 400, 2e-3, "cosine")   # a cosine from lr to 10 %: 55 % of lr × steps
+    assert full == pytest.approx(0.55 * 2e-3 * 400, rel=0.01)
+    assert cumulative_lr(3, 400, 2e-3, "cosine") == pytest.approx(sum(controlnet_lr(k, 400, 2e-3, "cosine")
+                                                                      for k in range(3)))
+
+
+def test_an_open_encoder_starts_theta_z1_random_and_reproducibly():
+    from cnetlib.experiments.mechanism import _recipe_controlnet
+
+    base = tiny_base()
+    shut, a, b = (_recipe_controlnet(base, 3, "cross_norm", open_encoder=o) for o in (False, True, True))
+    assert float(shut.condition_encoder.layers[-1].weight.detach().abs().max()) == 0.0
+    w = a.condition_encoder.layers[-1].weight.detach()
+    assert float(w.abs().max()) > 0 and torch.equal(w, b.condition_encoder.layers[-1].weight)

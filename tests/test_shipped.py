@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cnetlib.base import BASE_CHECKPOINT, BASE_RECIPE
+from cnetlib.experiments.mechanism import RECIPE_VARIANTS, VARIANT_EXTRA_SEEDS, VARIANT_SEED
 from cnetlib.experiments.runs import SEEDS, SHIPPED, SHIPPED_WEIGHTS
 from cnetlib.experiments.sudden_convergence import RECIPE
 
@@ -75,3 +76,25 @@ def test_the_shipped_mechanism_curves_are_whole_runs_of_their_settings(seed):
     assert c["snapshots"][0]["gain"]["high noise"]["gain"] == 0.0     # zero convolutions at step 0
     assert "train_seconds" in c and "torch" in c
     assert not (path.parent / "snapshots.pt").exists()     # snapshots stay under runs/, never in data/
+
+
+@pytest.mark.parametrize("seed,name", [(VARIANT_SEED, n) for n in RECIPE_VARIANTS]
+                         + [(s, n) for s, names in VARIANT_EXTRA_SEEDS.items() for n in names])
+def test_the_shipped_recipe_variants_are_whole_runs_of_their_recipe(seed, name):
+    from cnetlib.experiments.mechanism import VARIANT_MEASURE, recipe, variant_path
+
+    path = variant_path(name, seed)
+    assert path.is_file(), f"{path} missing: regenerate with python -m cnetlib.experiments.mechanism --variants"
+    c = json.loads(path.read_text())
+    r = recipe(name)
+    assert c["seed"] == seed and c["variant"] == name and c["recipe"] == r   # the recipe it was run with
+    assert c["until"] == r["until"] and len(c["loss_per_step"]) == r["until"]
+    every = VARIANT_MEASURE["every"]
+    assert [s["step"] for s in c["snapshots"]] == list(range(0, r["until"] + 1, every))
+    assert {k: c["probe"][k] for k in VARIANT_MEASURE["probe"]} == VARIANT_MEASURE["probe"]
+    for s in c["snapshots"]:
+        assert {"gain", "connector_rms", "residual_ratio", "condition_path", "iou_alpha1"} <= set(s), s["step"]
+        assert np.asarray(s["iou_alpha1"]).shape == (c["probe"]["n"], c["probe"]["draws"])
+    if not r.get("open_encoder"):   # Z(c; Θz1) = 0 at step 0: the outline changes nothing yet
+        assert c["snapshots"][0]["gain"]["high noise"]["gain"] == 0.0
+    assert not (path.parent / "snapshots.pt").exists()

@@ -1,7 +1,8 @@
 """Chapter 05's measurements: chapter 04's seed runs re-trained with snapshots, each measured.
 
     python -m cnetlib.experiments.mechanism --seed 0 --out data/mechanism/seed0
-    python -m cnetlib.experiments.mechanism --book      # every run chapter 05 uses (about 2 h)
+    python -m cnetlib.experiments.mechanism --book      # every run chapter 05 uses (about 4 h)
+    python -m cnetlib.experiments.mechanism --variants  # only the recipe variants (about 2.5 h)
 
 Re-trains (the first ``--until`` steps of) chapter 04's run ``seed{SEED}`` (same recipe, same
 seed; the first steps match chapter 04's shipped log, the later ones depend on the PyTorch
@@ -44,29 +45,75 @@ ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0)
 #: The book's runs: seed -> measure() options. Seeds 0-2 (chapter 04's) get every measurement;
 #: 3 and 4 are held out for chapter 05's early-warning test (no α sweep, a snapshot every 50 steps).
 BOOK_SEEDS: dict[int, dict] = {0: {}, 1: {}, 2: {}, 3: {"every": 50, "alpha_every": 0}, 4: {"every": 50, "alpha_every": 0}}
+#: Chapter 05's recipe variants (questions 4-6): name -> what differs from chapter 04's recipe
+#: (train_controlnet's ``lr``, ``lr_schedule``, ``drop_prompt``, ``weighting``, ``timesteps``;
+#: ``variant`` of the ControlNet; ``open_encoder``: the condition encoder's last conv Θz1 gets a
+#: standard random initialisation instead of zeros; ``n_train`` pairs; ``until`` steps). A constant
+#: learning rate has no schedule to finish, so those runs last ``until`` steps.
+RECIPE_VARIANTS: dict[str, dict] = {
+    "eps_loss": {"weighting": "epsilon"},            # Stable Diffusion's ε weighting on the toy's v model
+    "x0_loss": {"weighting": "x0"},                  # x_0 supervision (arXiv 2604.05761)
+    "cross_norm": {"variant": "cross_norm"},         # ControlNeXt's cross normalisation for zero convs
+    "cross_norm_open": {"variant": "cross_norm", "open_encoder": True},   # ... and no zero conv anywhere
+    "lr_6e-3": {"lr": 6e-3, "lr_schedule": "constant", "until": 800},       # question 4: the lr sweep
+    "lr_1.2e-2": {"lr": 1.2e-2, "lr_schedule": "constant", "until": 800},
+    "lr_3e-3": {"lr": 3e-3, "lr_schedule": "constant"},
+    "cubic_t": {"timesteps": "cubic"},               # training steps biased to high noise (#628, T2I-Adapter)
+    "gaussian": {"variant": "gaussian"},             # chapter 04's ablations, under chapter 05's lens
+    "drop0": {"drop_prompt": 0.0},
+    "n1000": {"n_train": 1000},
+    "lr_1.5e-3": {"lr": 1.5e-3, "lr_schedule": "constant"},
+}
+#: The seed of every recipe variant (chapter 04's seed 1: its jump is the median of seeds 0-2),
+#: and their lighter measurement: a snapshot every 50 steps, 16 outlines × 2 noise draws,
+#: 2 (t, ε) draws per pair for the gain, no α sweep.
+VARIANT_SEED = 1
+#: Variants run on a second seed too (seed -> names), where one seed left the verdict open.
+VARIANT_EXTRA_SEEDS: dict[int, tuple[str, ...]] = {2: ("x0_loss",)}
+VARIANT_MEASURE = {"every": 50, "follow_every": 50, "alpha_every": 0, "probe": {"n": 16, "draws": 2, "loss_draws": 2}}
+SHIPPED_VARIANTS = SHIPPED_MECHANISM / "variants"
 
 
-def _recipe_controlnet(base, seed: int):
-    """A fresh ControlNet of chapter 04's recipe (zero connectors) on ``base``, drawn from ``seed``."""
-    return toy_controlnet(base, "zero", seed=seed, condition_encoder=RECIPE.condition_encoder,
-                          hint_channels=RECIPE.hint_channels)
+def recipe(variant: str | None = None) -> dict:
+    """Chapter 04's recipe with ``RECIPE_VARIANTS[variant]`` applied: the ControlNet ``variant``,
+    ``n_train``, ``steps`` (of the schedule), ``until`` and train_controlnet's options."""
+    if variant is not None and variant not in RECIPE_VARIANTS:
+        raise ValueError(f"variant: expected one of {sorted(RECIPE_VARIANTS)}, got {variant!r}")
+    out = {"variant": "zero", "n_train": RECIPE.n_train, "lr": RECIPE.lr, "lr_schedule": RECIPE.lr_schedule,
+           "drop_prompt": RECIPE.drop_prompt, "weighting": "none", "timesteps": "uniform", "until": RECIPE.steps}
+    out.update(RECIPE_VARIANTS.get(variant, {}))
+    out["steps"] = RECIPE.steps if out["lr_schedule"] == "cosine" else out["until"]
+    return out
 
 
-def train_snapshots(seed: int, until: int, every: int, work: Path, progress: bool = True) -> dict[int, dict]:
-    """The ControlNet of chapter 04's ``seed{seed}`` run every ``every`` steps up to ``until``,
-    with its training losses; cached in ``work/snapshots.pt``."""
+def _recipe_controlnet(base, seed: int, variant: str = "zero", open_encoder: bool = False):
+    """A fresh ControlNet of chapter 04's recipe (``variant``'s connectors) on ``base``, drawn from
+    ``seed``; ``open_encoder``: Θz1 starts from PyTorch's default random initialisation, not 0."""
+    net = toy_controlnet(base, variant, seed=seed, condition_encoder=RECIPE.condition_encoder,
+                         hint_channels=RECIPE.hint_channels)
+    if open_encoder:
+        net.condition_encoder.layers[-1].reset_parameters()   # drawn after toy_controlnet's seeding: reproducible
+    return net
+
+
+def train_snapshots(seed: int, until: int, every: int, work: Path, progress: bool = True,
+                    variant: str | None = None) -> dict[int, dict]:
+    """The ControlNet of chapter 04's ``seed{seed}`` run (or of its recipe ``variant``) every
+    ``every`` steps up to ``until``, with its training losses; cached in ``work/snapshots.pt``."""
     path = work / "snapshots.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
+    r = recipe(variant)
     base = load_or_train_base(progress=progress)
-    net = _recipe_controlnet(base, seed)
+    net = _recipe_controlnet(base, seed, r["variant"], r.get("open_encoder", False))
     snaps = Snapshots(every)
     snaps.keep(0, net)
-    data = Fill50k(RECIPE.n_train, seed=0, condition=RECIPE.condition)
-    run = train_controlnet(base, net, data, steps=RECIPE.steps, batch_size=RECIPE.batch_size, lr=RECIPE.lr,
-                           lr_schedule=RECIPE.lr_schedule, drop_prompt=RECIPE.drop_prompt, seed=seed,
-                           eval_every=RECIPE.eval_every, sample_every=RECIPE.sample_every, out_dir=work / "train",
-                           progress=progress, on_step=snaps, stop_at=until)
+    data = Fill50k(r["n_train"], seed=0, condition=RECIPE.condition)
+    run = train_controlnet(base, net, data, steps=r["steps"], batch_size=RECIPE.batch_size, lr=r["lr"],
+                           lr_schedule=r["lr_schedule"], drop_prompt=r["drop_prompt"], weighting=r["weighting"],
+                           timesteps=r["timesteps"], seed=seed, eval_every=RECIPE.eval_every,
+                           sample_every=RECIPE.sample_every, out_dir=work / "train", progress=progress, on_step=snaps,
+                           stop_at=until)
     if run.interrupted or len(run.losses) < until:
         raise KeyboardInterrupt(f"interrupted after step {len(run.losses)}; run the same command again to resume")
     out = {"states": snaps.states, "losses": torch.tensor(run.losses), "seconds": torch.tensor(run.seconds)}
@@ -84,30 +131,38 @@ def trajectory_check(losses: Sequence[float], shipped_log: list[dict], every: in
     return max(abs(float(np.mean(losses[r["step"] - every: r["step"]])) - r["loss"]) for r in rows)
 
 
-def measure(seed: int = 0, until: int = RECIPE.steps, every: int = 25, follow_every: int = 50, alpha_every: int = 100,
-            alpha_draws: int = 8, out: Path | None = None, progress: bool = True) -> dict:
-    """Train (or load) the snapshots of ``seed{seed}`` and measure them; returns the curves."""
-    work = LOCAL / f"seed{seed}_until{until}_every{every}"   # the snapshots: one folder per setting
+def measure(seed: int = 0, until: int | None = None, every: int = 25, follow_every: int = 50, alpha_every: int = 100,
+            alpha_draws: int = 8, out: Path | None = None, progress: bool = True, variant: str | None = None,
+            probe: dict | None = None) -> dict:
+    """Train (or load) the snapshots of ``seed{seed}`` (chapter 04's recipe, or its ``variant`` of
+    :data:`RECIPE_VARIANTS`) and measure them; returns the curves. ``probe``: options of the
+    :class:`~cnetlib.mechanism.MechanismProbe` (default: 8 outlines × 16 noise draws)."""
+    r = recipe(variant)
+    until = r["until"] if until is None else until
+    prefix = f"{variant}_" if variant else ""
+    work = LOCAL / f"{prefix}seed{seed}_until{until}_every{every}"   # the snapshots: one folder per setting
     out = Path(out) if out is not None else work
     work.mkdir(parents=True, exist_ok=True)
-    snaps = train_snapshots(seed, until, every, work, progress)
+    snaps = train_snapshots(seed, until, every, work, progress, variant)
     shipped = SHIPPED / f"seed{seed}"   # chapter 04's run of this seed, if the book ships it
     curves_path = out / "curves.json"
     curves = json.loads(curves_path.read_text()) if curves_path.is_file() else {
         "seed": seed, "until": until, "every": every, "follow_every": follow_every, "alpha_every": alpha_every,
         "alphas": list(ALPHAS), "alpha_draws": alpha_draws, "snapshots": []}
+    curves["variant"], curves["recipe"] = variant, r
     curves["trajectory_max_abs_loss_difference"] = trajectory_check(
-        snaps["losses"].tolist(), load_run(shipped).log, RECIPE.eval_every) if (shipped / "log.jsonl").is_file() else None
+        snaps["losses"].tolist(), load_run(shipped).log, RECIPE.eval_every) if (
+            variant is None and (shipped / "log.jsonl").is_file()) else None
     curves["torch"] = torch.__version__   # the trajectories depend on the build's float rounding (chapter 05)
     curves["loss_per_step"] = [round(float(v), 6) for v in snaps["losses"]]
     if "seconds" in snaps:
         curves["train_seconds"] = round(float(snaps["seconds"]), 1)
-    probe = MechanismProbe()
+    probe = MechanismProbe(**(probe or {}))
     curves["probe"] = {"n": probe.n, "draws": probe.draws, "steps": probe.steps, "guidance": probe.guidance,
                        "threshold": probe.threshold, "loss_n": probe.loss_n, "loss_draws": probe.loss_draws}
     rows = {r["step"]: r for r in curves["snapshots"]}
     base = load_or_train_base(progress=progress)
-    net = _recipe_controlnet(base, seed).eval()
+    net = _recipe_controlnet(base, seed, r["variant"], r.get("open_encoder", False)).eval()
     # Every measurement by name: a snapshot measured by an earlier version gets only what it lacks.
     measurements = {
         "gain": lambda: probe.condition_gain(base, net),
@@ -115,7 +170,7 @@ def measure(seed: int = 0, until: int = RECIPE.steps, every: int = 25, follow_ev
         "residual_ratio": lambda: probe.residual_ratio(base, net),
         "condition_path": lambda: condition_path(net, probe, base=base),
     }
-    for step in tqdm(sorted(snaps["states"]), desc=f"measure seed {seed}", disable=not progress):
+    for step in tqdm(sorted(snaps["states"]), desc=f"measure {prefix}seed {seed}", disable=not progress):
         row = rows.setdefault(step, {"step": step})
         wanted = [k for k in measurements if k not in row]
         if step % follow_every == 0:
@@ -153,26 +208,59 @@ def load_curves(seed: int, *, train: bool = False, progress: bool = True) -> dic
     return json.loads(path.read_text())
 
 
+def variant_path(name: str, seed: int = VARIANT_SEED) -> Path:
+    """Where the shipped curves of recipe variant ``name`` on ``seed`` live."""
+    folder = SHIPPED_VARIANTS / name
+    return folder / "curves.json" if seed == VARIANT_SEED else folder / f"seed{seed}" / "curves.json"
+
+
+def load_variant(name: str, seed: int = VARIANT_SEED, *, train: bool = False, progress: bool = True) -> dict:
+    """Chapter 05's curves for the recipe variant ``name`` on ``seed``: shipped, or (``train``) measured here."""
+    recipe(name)   # a clear error for an unknown name
+    if train:
+        return measure(seed, variant=name, progress=progress, **VARIANT_MEASURE)
+    path = variant_path(name, seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not shipped; regenerate it with python -m cnetlib.experiments.mechanism "
+                                f"--variant {name} --seed {seed} --out {path.parent}")
+    return json.loads(path.read_text())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m cnetlib.experiments.mechanism", description=__doc__.split("\n")[0])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--until", type=int, default=RECIPE.steps, help="train and measure the first N steps")
+    p.add_argument("--seed", type=int, default=None, help=f"default: 0, or {VARIANT_SEED} with --variant")
+    p.add_argument("--until", type=int, default=None, help="train and measure the first N steps (default: the recipe's)")
     p.add_argument("--every", type=int, default=25, help="a snapshot every N steps")
     p.add_argument("--follow-every", type=int, default=50, help="16-draw following probability every N steps")
     p.add_argument("--alpha-every", type=int, default=100, help="IoU at every control scale α every N steps (0: never)")
     p.add_argument("--out", type=Path, default=None, help="folder for curves.json (default: the snapshots' folder under runs/mechanism/)")
     p.add_argument("--book", action="store_true",
                    help="every run of chapter 05 (BOOK_SEEDS), one after the other, into data/mechanism/seedS")
+    p.add_argument("--variant", choices=sorted(RECIPE_VARIANTS), default=None,
+                   help=f"a recipe variant of chapter 05, on seed {VARIANT_SEED} with the variants' lighter measurement")
+    p.add_argument("--variants", action="store_true",
+                   help="every recipe variant of chapter 05, one after the other, into data/mechanism/variants/NAME")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
-        if a.book:
-            for seed, options in BOOK_SEEDS.items():
-                curves = measure(seed, out=SHIPPED_MECHANISM / f"seed{seed}", progress=not a.no_progress, **options)
-                print(json.dumps({"seed": seed, "snapshots": len(curves["snapshots"])}))
+        if a.book or a.variants:
+            if a.book:
+                for seed, options in BOOK_SEEDS.items():
+                    curves = measure(seed, out=SHIPPED_MECHANISM / f"seed{seed}", progress=not a.no_progress, **options)
+                    print(json.dumps({"seed": seed, "snapshots": len(curves["snapshots"])}))
+            runs = [(VARIANT_SEED, n) for n in RECIPE_VARIANTS]
+            runs += [(seed, n) for seed, names in VARIANT_EXTRA_SEEDS.items() for n in names]
+            for seed, name in runs:
+                curves = measure(seed, variant=name, out=variant_path(name, seed).parent, progress=not a.no_progress,
+                                 **VARIANT_MEASURE)
+                print(json.dumps({"variant": name, "seed": seed, "snapshots": len(curves["snapshots"])}))
             return
-        curves = measure(a.seed, a.until, a.every, a.follow_every, a.alpha_every, out=a.out,
-                         progress=not a.no_progress)
+        if a.variant:
+            curves = measure(VARIANT_SEED if a.seed is None else a.seed, variant=a.variant, out=a.out,
+                             progress=not a.no_progress, **VARIANT_MEASURE)
+        else:
+            curves = measure(a.seed or 0, a.until, a.every, a.follow_every, a.alpha_every, out=a.out,
+                             progress=not a.no_progress)
     except KeyboardInterrupt as e:
         raise SystemExit(str(e) or "interrupted") from None
     print(json.dumps({"seed": curves["seed"], "snapshots": len(curves["snapshots"]),

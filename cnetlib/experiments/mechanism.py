@@ -64,7 +64,7 @@ RECIPE_VARIANTS: dict[str, dict] = {
     "n1000": {"n_train": 1000},
     "lr_1.5e-3": {"lr": 1.5e-3, "lr_schedule": "constant"},
 }
-#: The seed of every recipe variant (chapter 04's seed 1: its jump is the median of seeds 0-2),
+#: The seed of every recipe variant (chapter 04's seed 1: its jump is the median of the recipe's five seeds),
 #: and their lighter measurement: a snapshot every 50 steps, 16 outlines × 2 noise draws,
 #: 2 (t, ε) draws per pair for the gain, no α sweep.
 VARIANT_SEED = 1

@@ -18,6 +18,7 @@ import argparse
 import json
 import platform
 import time
+from functools import partial
 
 import torch
 
@@ -87,10 +88,11 @@ def main(argv=None) -> dict:
     res = {"preset": a.preset, "device": str(device), "dtype": a.dtype, "batch_size": a.batch_size,
            "gpu": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
            "controlnet_parameters": sum(q.numel() for q in ours.parameters()), "max_residual_diff": max_diff}
-    res["forward_s"] = {"cnetlib": timed(lambda: fwd(ours, False), a.repeats, device),
-                        "diffusers": timed(lambda: fwd(theirs, True), a.repeats, device)}
-    res["forward_backward_s"] = {"cnetlib": timed(lambda: fwd_bwd(ours, False), a.repeats, device),
-                                 "diffusers": timed(lambda: fwd_bwd(theirs, True), a.repeats, device)}
+    # partial binds the models now (a lambda would read ``theirs`` late, after the del below)
+    res["forward_s"] = {"cnetlib": timed(partial(fwd, ours, False), a.repeats, device),
+                        "diffusers": timed(partial(fwd, theirs, True), a.repeats, device)}
+    res["forward_backward_s"] = {"cnetlib": timed(partial(fwd_bwd, ours, False), a.repeats, device),
+                                 "diffusers": timed(partial(fwd_bwd, theirs, True), a.repeats, device)}
     del theirs
     print(f"\n{a.preset} on {res['gpu']} ({a.dtype}, batch {a.batch_size}); ControlNet "
           f"{res['controlnet_parameters'] / 1e6:.1f} M parameters; largest residual difference {max_diff:.2e}")

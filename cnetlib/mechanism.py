@@ -19,12 +19,14 @@ DDIM steps commit to the condition's layout.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checkpoint import atomic_save
 from .checks import check_number
 from .controlled import ControlledUNet
 from .controlnet import ControlNet
@@ -40,14 +42,24 @@ BANDS: dict[str, tuple[int, int]] = {"high noise": (667, 1000), "mid noise": (33
 
 class Snapshots:
     """An ``on_step`` callback for :func:`cnetlib.train.train_controlnet`: keeps a copy of the
-    ControlNet's weights every ``every`` steps (on the CPU, in memory), in ``states[step]``."""
+    ControlNet's weights every ``every`` steps (on the CPU, in memory), in ``states[step]``.
 
-    def __init__(self, every: int) -> None:
+    With a ``folder``, each copy is also written there (``step000050.pt``, ...) and the ones
+    already there are read back on creation, so a run interrupted and resumed in a new
+    process still has every snapshot of its first part."""
+
+    def __init__(self, every: int, folder: str | Path | None = None) -> None:
         self.every = check_number(every, name="every", low=1, integer=True)
+        self.folder = None if folder is None else Path(folder)
         self.states: dict[int, dict[str, torch.Tensor]] = {}
+        if self.folder is not None and self.folder.is_dir():
+            for path in sorted(self.folder.glob("step*.pt")):
+                self.states[int(path.stem.removeprefix("step"))] = torch.load(path, weights_only=True)
 
     def keep(self, step: int, controlnet: ControlNet) -> None:
         self.states[step] = {k: v.detach().cpu().clone() for k, v in controlnet.state_dict().items()}
+        if self.folder is not None:
+            atomic_save(self.states[step], self.folder / f"step{step:06d}.pt")
 
     def __call__(self, step: int, controlnet: ControlNet) -> None:
         if step % self.every == 0:
@@ -277,3 +289,34 @@ def landmarks(curves: dict, levels: dict[str, float] | None = None) -> dict:
             "climb": climb,
             "bands": {b: first_step_staying_above(*curve(curves, f"gain:{b}"), 1e-4) for b in BANDS},
             "iou_end": float(iou[-3:].mean()), "last_step": int(st[-1])}
+
+
+def rank_test(a: Sequence[float | None], b: Sequence[float | None], max_splits: int = 1_000_000) -> dict[str, float]:
+    """Exact two-sample rank test (Mann–Whitney) for the handful of runs chapter 05 compares:
+    do the values ``a`` (a recipe variant's jump steps, one per seed) land earlier or later
+    than ``b`` (the recipe's)? ``None`` (a run that never got there) counts as later than
+    every number. Every split of the pooled values into groups of len(a) and len(b) is
+    enumerated, so the p values are exact, ties counting half.
+
+    Returns ``u`` (the pairs (a_i, b_j) with a_i earlier, ties half, out of len(a)·len(b)),
+    ``p_earlier`` / ``p_later`` (one-sided: the share of splits with a ``u`` at least / at
+    most as large) and ``p`` (two-sided: twice the smaller, at most 1). Three runs against
+    five can reach p = 2/56 ≈ 0.036 only when all three lie beyond all five."""
+    from itertools import combinations
+    from math import comb
+
+    if len(a) < 1 or len(b) < 1:
+        raise ValueError(f"a, b: expected at least one value each, got {len(a)} and {len(b)}")
+    if comb(len(a) + len(b), len(a)) > max_splits:
+        raise ValueError(f"a, b: {comb(len(a) + len(b), len(a))} splits to enumerate, more than max_splits={max_splits}")
+    pooled = [float("inf") if v is None else float(v) for v in (*a, *b)]
+
+    def u_of(ia: Sequence[int]) -> float:
+        ib = [i for i in range(len(pooled)) if i not in ia]
+        return sum(1.0 if pooled[i] < pooled[j] else 0.5 if pooled[i] == pooled[j] else 0.0 for i in ia for j in ib)
+
+    u = u_of(range(len(a)))
+    null = [u_of(ia) for ia in combinations(range(len(pooled)), len(a))]
+    p_earlier = sum(x >= u for x in null) / len(null)
+    p_later = sum(x <= u for x in null) / len(null)
+    return {"u": u, "p_earlier": p_earlier, "p_later": p_later, "p": min(1.0, 2 * min(p_earlier, p_later))}

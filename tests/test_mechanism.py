@@ -7,8 +7,8 @@ import torch
 
 from cnetlib.data import Fill50k
 from cnetlib.experiments.mechanism import load_curves, trajectory_check
-from cnetlib.mechanism import (METRICS, MechanismProbe, Snapshots, condition_path, curve, log_growth, shuffled,
-                               timing)
+from cnetlib.mechanism import (METRICS, MechanismProbe, Snapshots, condition_path, curve, log_growth, rank_test,
+                               shuffled, timing)
 from cnetlib.train import train_controlnet
 from tiny import tiny_base, tiny_controlnet
 
@@ -37,6 +37,22 @@ def test_snapshots_keep_copies_and_stop_at_continues_the_same_run(tmp_path):
                                                  second.controlnet.state_dict().values()))
     with pytest.raises(ValueError, match="stop_at"):
         train_controlnet(base, tiny_controlnet(base), DATA, steps=6, stop_at=7, **KW)
+
+
+def test_snapshots_in_a_folder_survive_a_resume_in_a_new_process(tmp_path):
+    base = tiny_base()
+    straight = Snapshots(2)
+    train_controlnet(base, tiny_controlnet(base), DATA, steps=6, on_step=straight, **KW)
+    first = Snapshots(2, tmp_path / "snaps")
+    train_controlnet(base, tiny_controlnet(base), DATA, steps=6, out_dir=tmp_path / "run", on_step=first, stop_at=4, **KW)
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["step000002.pt", "step000004.pt"]
+    again = Snapshots(2, tmp_path / "snaps")     # what a new process sees: the first part, read back
+    assert sorted(again.states) == [2, 4]
+    train_controlnet(base, tiny_controlnet(base), DATA, steps=6, out_dir=tmp_path / "run", on_step=again, **KW)
+    assert sorted(again.states) == sorted(straight.states) == [2, 4, 6]
+    for step, state in straight.states.items():
+        for k, v in state.items():
+            torch.testing.assert_close(again.states[step][k], v)
 
 
 def test_shuffled_gives_every_image_another_condition():
@@ -200,3 +216,19 @@ def test_an_open_encoder_starts_theta_z1_random_and_reproducibly():
     assert float(shut.condition_encoder.layers[-1].weight.detach().abs().max()) == 0.0
     w = a.condition_encoder.layers[-1].weight.detach()
     assert float(w.abs().max()) > 0 and torch.equal(w, b.condition_encoder.layers[-1].weight)
+
+
+def test_rank_test_is_exact_on_small_groups_and_counts_never_as_latest():
+    out = rank_test([100, 150, 200], [350, 600, 700, 950, 1100])   # all three before all five
+    assert out["u"] == 15 and out["p_earlier"] == pytest.approx(1 / 56) and out["p"] == pytest.approx(2 / 56)
+    assert out["p_later"] == 1.0
+    late = rank_test([None, None, 1200], [350, 600, 700, 950, 1100])   # never = later than any step
+    assert late["u"] == 0 and late["p_later"] == pytest.approx(1 / 56)
+    mixed = rank_test([400, 800, 1000], [350, 600, 700, 950, 1100])
+    assert mixed["p"] == 1.0 and 0 < mixed["u"] < 15
+    tie = rank_test([5], [5])   # one split each way, u = 0.5 either way
+    assert tie["u"] == 0.5 and tie["p"] == 1.0
+    with pytest.raises(ValueError, match="at least one"):
+        rank_test([], [1])
+    with pytest.raises(ValueError, match="max_splits"):
+        rank_test(list(range(20)), list(range(20)), max_splits=1000)

@@ -782,10 +782,11 @@ from cnetlib.mechanism import rank_test
 
 seeds_of = {n: [VARIANT_SEED, *sorted(s for s, names in VARIANT_EXTRA_SEEDS.items() if n in names)] for n in named}
 runs = {(n, s): variants[n] if s == VARIANT_SEED else load_variant(n, s, train=TRAIN) for n in named for s in seeds_of[n]}
-at = {k: landmarks(c) for k, c in runs.items()}
+at = {(n, s): table[n] if s == VARIANT_SEED else landmarks(c) for (n, s), c in runs.items()}   # seed 1: measured above
 for k, m in at.items():
-    m["sharpness"] = None if m["jump"] is None else detect_jump(*curve(runs[k], "iou")).sharpness
-    m["lead"] = None if m["jump"] is None or m["warning"] is None else m["jump"] - m["warning"]
+    if k[1] != VARIANT_SEED:
+        m["sharpness"] = detect_jump(*curve(runs[k], "iou")).sharpness
+        m["lead"] = None if m["jump"] is None or m["warning"] is None else m["jump"] - m["warning"]
 NEVER = 1300   # where a run that never switched or jumped is drawn: past every run's 1,200 steps
 SEED_COLORS = {0: "C4", 1: "C0", 2: "C1", 3: "C2", 4: "C3"}
 fig, ax = plt.subplots(figsize=(11, 5))

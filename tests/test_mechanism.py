@@ -7,7 +7,7 @@ import torch
 
 from cnetlib.data import Fill50k
 from cnetlib.experiments.mechanism import load_curves, trajectory_check
-from cnetlib.mechanism import (METRICS, MechanismProbe, Snapshots, condition_path, curve, log_growth, rank_test,
+from cnetlib.mechanism import (METRICS, MechanismProbe, Snapshots, condition_path, curve, log_growth, rank_test, trend_test,
                                shuffled, timing)
 from cnetlib.train import train_controlnet
 from tiny import tiny_base, tiny_controlnet
@@ -195,6 +195,12 @@ def test_landmarks_find_where_a_known_run_crosses_each_level():
     assert got["iou_end"] == pytest.approx(0.9) and got["last_step"] == 200
     never = landmarks(synthetic_curves(), levels={"iou": 0.95, "switch": 0.5})
     assert never["jump"] is None and never["switch"] is None and never["warning"] == 100
+    assert got["opening"] == 100 and never["opening"] is None
+    lost = synthetic_curves()   # the gain reaches the switch level at step 125 and falls back at 175
+    for row in lost["snapshots"]:
+        row["gain"]["high noise"]["gain"] = 0.1 if 125 <= row["step"] < 175 else 1e-7
+    lost_marks = landmarks(lost)
+    assert lost_marks["opening"] == 125 and lost_marks["switch"] is None
 
 
 def test_cumulative_lr_sums_the_schedule():
@@ -232,3 +238,32 @@ def test_rank_test_is_exact_on_small_groups_and_counts_never_as_latest():
         rank_test([], [1])
     with pytest.raises(ValueError, match="max_splits"):
         rank_test(list(range(20)), list(range(20)), max_splits=1000)
+
+
+def test_trend_test_is_exact_and_reduces_to_the_rank_test_for_two_groups():
+    from itertools import permutations
+
+    falling = trend_test([[600, 650, 700], [400, 450, 500], [200, 250, 300], [50, 100, 150]])
+    assert falling["j"] == 0 and falling["pairs"] == 54   # 4 groups of 3: 369,600 assignments, one this extreme
+    assert falling["p_falling"] == pytest.approx(1 / 369_600) and falling["p_rising"] == 1.0
+    for a, b in [([100, 150, 200], [350, 600, 700, 950, 1100]), ([None, 5, 5], [5, None, 3]), ([400, 800, 1000], [350, None])]:
+        two, rank = trend_test([a, b]), rank_test(a, b)
+        assert two["j"] == rank["u"] and two["p_rising"] == pytest.approx(rank["p_earlier"])
+        assert two["p_falling"] == pytest.approx(rank["p_later"]) and two["p"] == pytest.approx(rank["p"])
+    groups = [[3, None], [3], [1, 7]]   # ties and a run that never got there, against brute force over 5! orders
+    out = trend_test(groups)
+    pooled = [g for grp in groups for g in grp]
+    cut = [0, 2, 3, 5]
+
+    def j_of(vals):
+        key = [float("inf") if v is None else v for v in vals]
+        return sum(1.0 if key[i] < key[k] else 0.5 if key[i] == key[k] else 0.0
+                   for g in range(3) for h in range(g + 1, 3) for i in range(cut[g], cut[g + 1]) for k in range(cut[h], cut[h + 1]))
+    null = [j_of(order) for order in permutations(pooled)]
+    assert out["j"] == j_of(pooled)
+    assert out["p_rising"] == pytest.approx(sum(x >= out["j"] for x in null) / len(null))
+    assert out["p_falling"] == pytest.approx(sum(x <= out["j"] for x in null) / len(null))
+    with pytest.raises(ValueError, match="at least two groups"):
+        trend_test([[1, 2]])
+    with pytest.raises(ValueError, match="max_splits"):
+        trend_test([list(range(6))] * 4, max_splits=1000)

@@ -1,8 +1,8 @@
 """Chapter 05's measurements: chapter 04's seed runs re-trained with snapshots, each measured.
 
     python -m cnetlib.experiments.mechanism --seed 0 --out data/mechanism/seed0
-    python -m cnetlib.experiments.mechanism --book      # every run chapter 05 uses (about 6.5 h)
-    python -m cnetlib.experiments.mechanism --variants  # only the recipe variants (about 4.5 h)
+    python -m cnetlib.experiments.mechanism --book      # every run chapter 05 uses (about 7.5 h)
+    python -m cnetlib.experiments.mechanism --variants  # only the recipe variants (about 5.5 h)
 
 Re-trains (the first ``--until`` steps of) chapter 04's run ``seed{SEED}`` (same recipe, same
 seed; the first steps match chapter 04's shipped log, the later ones depend on the PyTorch
@@ -71,7 +71,8 @@ RECIPE_VARIANTS: dict[str, dict] = {
 VARIANT_SEED = 1
 #: Variants run on more seeds (seed -> names): the ones whose verdict (chapter 05, section 7) needs three.
 VARIANT_EXTRA_SEEDS: dict[int, tuple[str, ...]] = {
-    s: ("x0_loss", "eps_loss", "cubic_t", "cross_norm", "gaussian", "drop0", "n1000") for s in (2, 3)}
+    s: ("x0_loss", "eps_loss", "cubic_t", "cross_norm", "gaussian", "drop0", "n1000",
+        "lr_1.5e-3", "lr_3e-3", "lr_6e-3", "lr_1.2e-2") for s in (2, 3)}
 VARIANT_MEASURE = {"every": 50, "follow_every": 50, "alpha_every": 0, "probe": {"n": 16, "draws": 2, "loss_draws": 2}}
 SHIPPED_VARIANTS = SHIPPED_MECHANISM / "variants"
 

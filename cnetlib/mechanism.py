@@ -327,7 +327,7 @@ def rank_test(a: Sequence[float | None], b: Sequence[float | None], max_splits: 
 
 def trend_test(groups: Sequence[Sequence[float | None]], max_splits: int = 2_000_000) -> dict[str, float]:
     """Exact trend test (Jonckheere–Terpstra) for chapter 05's learning-rate sweep: do the
-    values (switch steps, one per seed) rise or fall from one group to the next, with the
+    values (e.g. switch steps, one run per seed) rise or fall from one group to the next, with the
     ``groups`` in a fixed order (the learning rates, smallest first)? ``None`` counts as
     later than every number, as in :func:`rank_test`.
 

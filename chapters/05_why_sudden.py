@@ -687,12 +687,12 @@ for n in LRS:
           f"{'/'.join(('' if m['opening'] else '≥') + format(m['sum_opening'], '.2f') for m in ms):>22}"
           f"{'/'.join(f(m['jump']) for m in ms):>15}{'/'.join(format(m['iou_end'], '.2f') for m in ms):>17}")
 lost = {k: m for k, m in lr_at.items() if m["switch"] is None}
-lost_at = {}
+lost_at, peak = {}, {}
 for k, m in lost.items():   # a run that did not switch: did its gain never rise, or rise and fall back?
     st, g = curve(lr_runs[k], "gain:high noise")
     si, iou = curve(lr_runs[k], "iou")
     after = st[(st > (m["opening"] or st[-1])) & (g < LEVELS["switch"])]
-    lost_at[k] = int(after[0]) if m["opening"] is not None and len(after) else None
+    lost_at[k], peak[k] = (int(after[0]) if m["opening"] is not None and len(after) else None), float(g.max())
     print(f"{k[0]}, seed {k[1]}: no switch by step {m['last_step']}; the gain peaked at {g.max():.1e} (step "
           f"{st[np.argmax(g)]}), " + (f"was below 10⁻³ again at step {lost_at[k]}, " if lost_at[k] else "")
           + f"and ended at {g[-1]:.0e}; the IoU peaked at {iou.max():.2f} (step {si[np.argmax(iou)]}) and ended at {m['iou_end']:.2f}")
@@ -753,6 +753,7 @@ assert all(n in LRS[2:] for n, _ in lost) and len(lost) == 3                    
 assert {k for k, m in lost.items() if m["opening"] is not None} == {("lr_6e-3", 2), ("lr_1.2e-2", 3)}   # opened, lost
 assert curve(lr_runs[("lr_1.2e-2", 3)], "iou")[1].max() > 0.7 and lr_at[("lr_1.2e-2", 3)]["iou_end"] < 0.3
 assert min(spread_lr.values()) > 600                                              # the seed: more than half a run
+assert round(peak[("lr_6e-3", 1)] / 1e-4, 1) == 1.0 and round(peak[("lr_6e-3", 2)] / 1e-3, 1) == 1.7
 assert lost_at[("lr_6e-3", 2)] == 350 and lr_at[("lr_1.2e-2", 3)]["opening"] == 100 and lost_at[("lr_1.2e-2", 3)] == 550
 for k in ("switch", "opening"):   # "never" counted as latest on the Σ lr axis is exact: its lower bound beats every value
     assert min(m[f"sum_{k}"] for m in lr_at.values() if m[k] is None) > max(m[f"sum_{k}"] for m in lr_at.values() if m[k])

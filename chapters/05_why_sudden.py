@@ -792,8 +792,9 @@ assert pairs[1][1] - pairs[1][2] == 525
 # and is below 10⁻³ again at the next snapshot, step 350. 12·10⁻³ on seed 3 opens the
 # path at step 100 and climbs to a mean IoU of 0.71 at step 400; by step 550 the gain is
 # below 10⁻³ again and the IoU ends at 0.25, below an uncontrolled sample's: a constant
-# rate that large undid what it had learnt. So at large rates the switch, which asks that the gain stays up, mixes two
-# questions: when the path opens, and whether training keeps it open.
+# rate that large undid what it had learnt. So at large rates the switch, which asks
+# that the gain stays up, mixes two questions: when the path opens, and whether
+# training keeps it open.
 #
 # Read only the first, the opening, and the direction the Σ lr account predicts
 # appears: the median opening falls from step 1000 at 1.5·10⁻³ to 150 at 12·10⁻³, 6.7
@@ -816,8 +817,8 @@ assert pairs[1][1] - pairs[1][2] == 525
 # over is 0.12); and a snapshot every 50 steps reads an opening at step 100 to within
 # about half its value but one at step 1000 to within a twentieth, and adds up to 0.6 of
 # Σ lr at 12·10⁻³ against 0.075 at 1.5·10⁻³, which pushes Σ lr up at large rates,
-# towards the step account.
-# The seed still dominates: Σ lr at the opening spans 0.60 to 3.30 at 3·10⁻³ alone.
+# towards the step account. The seed still dominates: Σ lr at the opening spans 0.60
+# to 3.30 at 3·10⁻³ alone.
 #
 # The seed does not pin the trajectory either. 3·10⁻³ constant and the recipe (3·10⁻³
 # on a cosine) share seed, data and noise: on seed 1, with learning rates at most 6 %

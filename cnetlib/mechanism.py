@@ -362,9 +362,9 @@ def trend_test(groups: Sequence[Sequence[float | None]], max_splits: int = 2_000
         free = free[:, rest].reshape(len(rows), -1)
     null = np.zeros(n_splits)
     for i in range(n):
-        for j in range(n):
-            if i != j and c[i, j]:
-                null += c[i, j] * (labels[:, i] < labels[:, j])
+        for k in range(n):
+            if i != k and c[i, k]:
+                null += c[i, k] * (labels[:, i] < labels[:, k])
     observed = np.repeat(np.arange(len(sizes)), sizes)
     j = float(sum(c[i, k] for i in range(n) for k in range(n) if observed[i] < observed[k]))
     p_rising = float(np.mean(null >= j - 1e-9))

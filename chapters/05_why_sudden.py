@@ -569,19 +569,27 @@ assert all(e < c for e, c in zip(errors, constant_errors)) and max(errors) <= 75
 # ```
 
 # %%
-from cnetlib.experiments.mechanism import RECIPE_VARIANTS, VARIANT_SEED, load_variant, recipe
+from cnetlib.experiments.mechanism import RECIPE_VARIANTS, VARIANT_EXTRA_SEEDS, VARIANT_SEED, load_variant, recipe
 from cnetlib.mechanism import LEVELS, landmarks
 from cnetlib.train import controlnet_lr, cumulative_lr
 
 variants = {name: load_variant(name, train=TRAIN) for name in RECIPE_VARIANTS}
 marks = {name: landmarks(c) for name, c in variants.items()}
 ref = {s: landmarks(curves[s]) for s in SEEDS + HELD_OUT}
+seeds_of = {n: [VARIANT_SEED, *sorted(s for s, names in VARIANT_EXTRA_SEEDS.items() if n in names)] for n in RECIPE_VARIANTS}
+runs = {(n, s): variants[n] if s == VARIANT_SEED else load_variant(n, s, train=TRAIN) for n in RECIPE_VARIANTS for s in seeds_of[n]}
+at = {k: marks[k[0]] if k[1] == VARIANT_SEED else landmarks(c) for k, c in runs.items()}   # every run's landmarks
 spread = {k: (min(m[k] for m in ref.values()), max(m[k] for m in ref.values())) for k in ("switch", "jump")}
 cost = sum(c["train_seconds"] + sum(r["seconds"] for r in c["snapshots"]) for c in variants.values()) / 60
 print(f"the recipe over seeds 0–4: switch at steps {spread['switch'][0]}–{spread['switch'][1]}, jump at "
       f"{spread['jump'][0]}–{spread['jump'][1]}; seed {VARIANT_SEED}: switch {ref[VARIANT_SEED]['switch']}, "
       f"jump {ref[VARIANT_SEED]['jump']}")
 print(f"{len(variants)} variants of seed {VARIANT_SEED}, {cost:.0f} min of training and measuring on 2 CPU cores")
+
+
+def dash(v, fmt: str = "d") -> str:
+    """A landmark in this section's tables: "—" for a run that never got there."""
+    return "—" if v is None else format(v, fmt)
 
 # %% [markdown]
 # ### Steps or learning rate?
@@ -617,7 +625,6 @@ print(f"{len(variants)} variants of seed {VARIANT_SEED}, {cost:.0f} min of train
 # most favourable to a falling trend.
 
 # %%
-from cnetlib.experiments.mechanism import VARIANT_EXTRA_SEEDS
 from cnetlib.mechanism import trend_test
 
 
@@ -628,11 +635,10 @@ def sum_lr(name: str | None, steps) -> np.ndarray:
 
 
 LRS = sorted((n for n in RECIPE_VARIANTS if n.startswith("lr_")), key=lambda n: recipe(n)["lr"])
-LR_SEEDS = [VARIANT_SEED, *sorted(s for s, names in VARIANT_EXTRA_SEEDS.items() if set(LRS) <= set(names))]
+LR_SEEDS = seeds_of[LRS[0]]
 SEED_COLORS = {0: "C4", 1: "C0", 2: "C1", 3: "C2", 4: "C3"}
 SEED_LINES, SEED_MARKERS = {1: "-", 2: "--", 3: ":"}, {1: "o", 2: "s", 3: "D"}
-lr_runs = {(n, s): variants[n] if s == VARIANT_SEED else load_variant(n, s, train=TRAIN) for n in LRS for s in LR_SEEDS}
-lr_at = {k: marks[k[0]] if k[1] == VARIANT_SEED else landmarks(c) for k, c in lr_runs.items()}
+lr_at = {(n, s): at[(n, s)] for n in LRS for s in LR_SEEDS}
 for (n, s), m in lr_at.items():   # Σ lr there; a run that never got there: Σ lr at its last step (a lower bound)
     m.update({f"sum_{k}": float(sum_lr(n, m[k] or m["last_step"])[0]) for k in ("switch", "opening", "jump")})
 lr_of = {n: recipe(n)["lr"] for n in LRS}
@@ -640,7 +646,7 @@ fig, axes = plt.subplots(1, 3, figsize=(15.5, 3.8))
 lr_color = {}
 for s in LR_SEEDS:
     for name in [None, *LRS]:
-        si, iou = curve(curves[s] if name is None else lr_runs[(name, s)], "iou")
+        si, iou = curve(curves[s] if name is None else runs[(name, s)], "iou")
         style = {"color": "k", "lw": 1.8} if name is None else {"lw": 1.1, "color": lr_color.get(name)}
         label = (None if s != VARIANT_SEED else "lr 3·10⁻³ cosine (the recipe)" if name is None
                  else f"lr {lr_of[name] * 1e3:g}·10⁻³ constant")
@@ -677,23 +683,22 @@ fig.tight_layout()
 save_figure(fig, "05_learning_rate")
 plt.show()
 
-f = lambda v, fmt="d": "—" if v is None else format(v, fmt)   # noqa: E731 (a run that never got there)
 print(f"{'run':<22}{'steps':>6}{'opening':>15}{'switch':>15}{'Σ lr at opening':>22}{'jump':>15}{'IoU at end':>17}")
-print(f"{'the recipe, cosine':<22}{recipe()['steps']:>6}{'/'.join(f(ref[s]['opening']) for s in LR_SEEDS):>15}"
-      f"{'/'.join(f(ref[s]['switch']) for s in LR_SEEDS):>15}"
+print(f"{'the recipe, cosine':<22}{recipe()['steps']:>6}{'/'.join(dash(ref[s]['opening']) for s in LR_SEEDS):>15}"
+      f"{'/'.join(dash(ref[s]['switch']) for s in LR_SEEDS):>15}"
       f"{'/'.join(format(float(sum_lr(None, ref[s]['opening'])[0]), '.2f') for s in LR_SEEDS):>22}"
-      f"{'/'.join(f(ref[s]['jump']) for s in LR_SEEDS):>15}{'/'.join(format(ref[s]['iou_end'], '.2f') for s in LR_SEEDS):>17}")
+      f"{'/'.join(dash(ref[s]['jump']) for s in LR_SEEDS):>15}{'/'.join(format(ref[s]['iou_end'], '.2f') for s in LR_SEEDS):>17}")
 for n in LRS:
     ms = [lr_at[(n, s)] for s in LR_SEEDS]
     print(f"{'lr ' + format(lr_of[n] * 1e3, 'g') + '·10⁻³ constant':<22}{recipe(n)['until']:>6}"
-          f"{'/'.join(f(m['opening']) for m in ms):>15}{'/'.join(f(m['switch']) for m in ms):>15}"
+          f"{'/'.join(dash(m['opening']) for m in ms):>15}{'/'.join(dash(m['switch']) for m in ms):>15}"
           f"{'/'.join(('' if m['opening'] else '≥') + format(m['sum_opening'], '.2f') for m in ms):>22}"
-          f"{'/'.join(f(m['jump']) for m in ms):>15}{'/'.join(format(m['iou_end'], '.2f') for m in ms):>17}")
+          f"{'/'.join(dash(m['jump']) for m in ms):>15}{'/'.join(format(m['iou_end'], '.2f') for m in ms):>17}")
 lost = {k: m for k, m in lr_at.items() if m["switch"] is None}
 lost_at, peak = {}, {}
 for k, m in lost.items():   # a run that did not switch: did its gain never rise, or rise and fall back?
-    st, g = curve(lr_runs[k], "gain:high noise")
-    si, iou = curve(lr_runs[k], "iou")
+    st, g = curve(runs[k], "gain:high noise")
+    si, iou = curve(runs[k], "iou")
     after = st[(st > (m["opening"] or st[-1])) & (g < LEVELS["switch"])]
     lost_at[k], peak[k] = (int(after[0]) if m["opening"] is not None and len(after) else None), float(g.max())
     print(f"{k[0]}, seed {k[1]}: no switch by step {m['last_step']}; the gain peaked at {g.max():.1e} (step "
@@ -754,7 +759,7 @@ held = [(n, s) for n in LRS for s in LR_SEEDS if lr_at[(n, s)]["switch"] is not 
 assert set(held) >= {(n, s) for n in LRS[:2] for s in LR_SEEDS}                 # up to 3e-3 every run switches
 assert all(n in LRS[2:] for n, _ in lost) and len(lost) == 3                     # above it, half of them do not
 assert {k for k, m in lost.items() if m["opening"] is not None} == {("lr_6e-3", 2), ("lr_1.2e-2", 3)}   # opened, lost
-assert curve(lr_runs[("lr_1.2e-2", 3)], "iou")[1].max() > 0.7 and lr_at[("lr_1.2e-2", 3)]["iou_end"] < 0.3
+assert curve(runs[("lr_1.2e-2", 3)], "iou")[1].max() > 0.7 and lr_at[("lr_1.2e-2", 3)]["iou_end"] < 0.3
 assert min(spread_lr.values()) > 600                                              # the seed: more than half a run
 assert round(peak[("lr_6e-3", 1)] / 1e-4, 1) == 1.0 and round(peak[("lr_6e-3", 2)] / 1e-3, 1) == 1.7
 assert lost_at[("lr_6e-3", 2)] == 350 and lr_at[("lr_1.2e-2", 3)]["opening"] == 100 and lost_at[("lr_1.2e-2", 3)] == 550
@@ -906,10 +911,9 @@ table = {None: ref[VARIANT_SEED], **{n: marks[n] for names in GROUPS.values() fo
 for name, m in table.items():
     m["sharpness"] = detect_jump(*curve(curves[VARIANT_SEED] if name is None else variants[name], "iou")).sharpness
     m["lead"] = None if m["jump"] is None or m["warning"] is None else m["jump"] - m["warning"]
-    f = lambda v, fmt="d": "—" if v is None else format(v, fmt)   # noqa: E731 (never got there in the run)
     sharp = m["sharpness"] if m["jump"] is not None else None
-    print(f"{'the recipe' if name is None else LABELS[name]:<22}{f(m['warning']):>8}{f(m['switch']):>8}{f(m['jump']):>6}"
-          f"{f(m['lead']):>6}{f(m['climb'], '.0f'):>15}{f(sharp, '.2f'):>11}{m['iou_end']:>12.2f}")
+    print(f"{'the recipe' if name is None else LABELS[name]:<22}{dash(m['warning']):>8}{dash(m['switch']):>8}{dash(m['jump']):>6}"
+          f"{dash(m['lead']):>6}{dash(m['climb'], '.0f'):>15}{dash(sharp, '.2f'):>11}{m['iou_end']:>12.2f}")
 ref_sharp = [detect_jump(*curve(curves[s], "iou")).sharpness for s in SEEDS + HELD_OUT]
 print(f"the recipe's five seeds: switch {spread['switch'][0]}–{spread['switch'][1]}, jump {spread['jump'][0]}–"
       f"{spread['jump'][1]}, sharpness {min(ref_sharp):.2f}–{max(ref_sharp):.2f}")
@@ -942,11 +946,10 @@ named = [n for n in table if n is not None]
 # %%
 from cnetlib.mechanism import rank_test
 
-seeds_of = {n: [VARIANT_SEED, *sorted(s for s, names in VARIANT_EXTRA_SEEDS.items() if n in names)] for n in named}
-runs = {(n, s): variants[n] if s == VARIANT_SEED else load_variant(n, s, train=TRAIN) for n in named for s in seeds_of[n]}
-at = {(n, s): table[n] if s == VARIANT_SEED else landmarks(c) for (n, s), c in runs.items()}   # seed 1: measured above
-for k, m in at.items():
+named_runs = [(n, s) for n in named for s in seeds_of[n]]
+for k in named_runs:   # seed 1's are in the table above
     if k[1] != VARIANT_SEED:
+        m = at[k]
         m["sharpness"] = detect_jump(*curve(runs[k], "iou")).sharpness
         m["lead"] = None if m["jump"] is None or m["warning"] is None else m["jump"] - m["warning"]
 NEVER = 1300   # where a run that never switched or jumped is drawn: past every run's 1,200 steps
@@ -970,7 +973,6 @@ save_figure(fig, "05_variant_seeds")
 plt.show()
 
 recipe_jumps = [ref[s]["jump"] for s in SEEDS + HELD_OUT]
-f = lambda v: "—" if v is None else str(v)   # noqa: E731 (not by step 1,200)
 
 
 def paired(n: str) -> list[int]:
@@ -979,8 +981,8 @@ def paired(n: str) -> list[int]:
 
 
 print(f"{'run':<22}{'seeds':>6}{'switch':>16}{'p switch':>10}{'jump':>16}{'p jump':>8}{'jump − recipe':>18}  verdict (jump)")
-print(f"{'the recipe, same seeds':<22}{'1,2,3':>6}{'/'.join(f(ref[s]['switch']) for s in (1, 2, 3)):>16}{'':>10}"
-      f"{'/'.join(f(ref[s]['jump']) for s in (1, 2, 3)):>16}")
+print(f"{'the recipe, same seeds':<22}{'1,2,3':>6}{'/'.join(dash(ref[s]['switch']) for s in (1, 2, 3)):>16}{'':>10}"
+      f"{'/'.join(dash(ref[s]['jump']) for s in (1, 2, 3)):>16}")
 recipe_switches = [ref[s]["switch"] for s in SEEDS + HELD_OUT]
 verdict, tests, switch_tests = {}, {}, {}
 for n in named:
@@ -991,25 +993,25 @@ for n in named:
                   f"{side} than the recipe" if tests[n]["p"] < 0.05 else "inside the recipe's spread")
     d = "/".join(("≥" if at[(n, s)]["jump"] is None else "") + f"{x:+d}".replace("-", "−")
                  for s, x in zip(seeds_of[n], paired(n)))
-    print(f"{LABELS[n]:<22}{','.join(map(str, seeds_of[n])):>6}{'/'.join(f(at[(n, s)]['switch']) for s in seeds_of[n]):>16}"
-          f"{switch_tests[n]['p']:>10.3f}{'/'.join(f(at[(n, s)]['jump']) for s in seeds_of[n]):>16}{tests[n]['p']:>8.3f}"
+    print(f"{LABELS[n]:<22}{','.join(map(str, seeds_of[n])):>6}{'/'.join(dash(at[(n, s)]['switch']) for s in seeds_of[n]):>16}"
+          f"{switch_tests[n]['p']:>10.3f}{'/'.join(dash(at[(n, s)]['jump']) for s in seeds_of[n]):>16}{tests[n]['p']:>8.3f}"
           f"{d:>18}  {verdict[n]}")
 three = [n for n in named if len(seeds_of[n]) >= 3]
 best = rank_test([0] * 3, recipe_jumps)["p"]   # all three runs before all five of the recipe's
 print(f"three runs against five: the smallest p is {best:.3f}, reached only when all three lie beyond all five; "
       f"if none of the {len(three)} variants tested changed anything, the chance that one still reads earlier or "
       f"later is at most {len(three) * best:.0%} (the sum of their chances)")
-jumped = [k for k, m in at.items() if m["jump"] is not None]
+jumped = [k for k in named_runs if at[k]["jump"] is not None]
 print(f"the recipe's five seeds (0–4): switches {sorted(recipe_switches)}, jumps {sorted(recipe_jumps)}; "
       f"sharpness {min(ref_sharp):.2f}–{max(ref_sharp):.2f}")
-print(f"{len(at)} variant runs, {len(jumped)} jumped: sharpness {min(at[k]['sharpness'] for k in jumped):.2f}–"
+print(f"{len(named_runs)} variant runs, {len(jumped)} jumped: sharpness {min(at[k]['sharpness'] for k in jumped):.2f}–"
       f"{max(at[k]['sharpness'] for k in jumped):.2f}; the warning's lead {min(at[k]['lead'] for k in jumped)}–"
       f"{max(at[k]['lead'] for k in jumped)} steps")
 for n in ("gaussian", "eps_loss", "cross_norm", "cross_norm_open"):
     for s in seeds_of[n]:
         st, g = curve(runs[(n, s)], "gain:high noise")
         flat = int(st[np.nonzero(g >= 1e-4)[0][0]]) if (g >= 1e-4).any() else None   # the first step at 1e-4
-        print(f"{LABELS[n]}, seed {s}: gain {g[1]:.0e} at step {st[1]}, first ≥ 1e-4 at step {f(flat)}, "
+        print(f"{LABELS[n]}, seed {s}: gain {g[1]:.0e} at step {st[1]}, first ≥ 1e-4 at step {dash(flat)}, "
               f"max {g.max():.0e}; IoU at end {at[(n, s)]['iou_end']:.2f}")
 assert set(three) == set(named) - {"cross_norm_open"}                 # every verdict below rests on three seeds
 assert {n: v for n, v in verdict.items() if n in three and v != "inside the recipe's spread"} == {

@@ -304,25 +304,12 @@ def rank_test(a: Sequence[float | None], b: Sequence[float | None], max_splits: 
     Returns ``u`` (the pairs (a_i, b_j) with a_i earlier, ties half, out of len(a)·len(b)),
     ``p_earlier`` / ``p_later`` (one-sided: the share of splits with a ``u`` at least / at
     most as large) and ``p`` (two-sided: twice the smaller, at most 1). Three runs against
-    five can reach p = 2/56 ≈ 0.036 only when all three lie beyond all five."""
-    from itertools import combinations
-    from math import comb
-
+    five can reach p = 2/56 ≈ 0.036 only when all three lie beyond all five. (It is
+    :func:`trend_test` with the two groups ``a``, ``b``.)"""
     if len(a) < 1 or len(b) < 1:
         raise ValueError(f"a, b: expected at least one value each, got {len(a)} and {len(b)}")
-    if comb(len(a) + len(b), len(a)) > max_splits:
-        raise ValueError(f"a, b: {comb(len(a) + len(b), len(a))} splits to enumerate, more than max_splits={max_splits}")
-    pooled = [float("inf") if v is None else float(v) for v in (*a, *b)]
-
-    def u_of(ia: Sequence[int]) -> float:
-        ib = [i for i in range(len(pooled)) if i not in ia]
-        return sum(1.0 if pooled[i] < pooled[j] else 0.5 if pooled[i] == pooled[j] else 0.0 for i in ia for j in ib)
-
-    u = u_of(range(len(a)))
-    null = [u_of(ia) for ia in combinations(range(len(pooled)), len(a))]
-    p_earlier = sum(x >= u for x in null) / len(null)
-    p_later = sum(x <= u for x in null) / len(null)
-    return {"u": u, "p_earlier": p_earlier, "p_later": p_later, "p": min(1.0, 2 * min(p_earlier, p_later))}
+    out = trend_test([a, b], max_splits=max_splits)
+    return {"u": out["j"], "p_earlier": out["p_rising"], "p_later": out["p_falling"], "p": out["p"]}
 
 
 def trend_test(groups: Sequence[Sequence[float | None]], max_splits: int = 2_000_000) -> dict[str, float]:
@@ -336,7 +323,7 @@ def trend_test(groups: Sequence[Sequence[float | None]], max_splits: int = 2_000
     groups of the given sizes is enumerated (4 groups of 3: 369,600), so the p values are
     exact: ``p_rising`` / ``p_falling`` (one-sided: the share of assignments with a ``j`` at
     least / at most as large) and ``p`` (two-sided: twice the smaller, at most 1). With two
-    groups it is :func:`rank_test` (``p_rising`` is its ``p_earlier``)."""
+    groups it is :func:`rank_test`, whose ``p_earlier`` is ``p_rising``)."""
     from itertools import combinations
     from math import factorial, prod
 

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cnetlib-installed
-CHAPTERS_PY := $(sort $(wildcard chapters/[0-9]*.py))
+CHAPTERS_PY := $(sort $(wildcard chapters/[0-9]*.py)) $(sort $(wildcard chapters/A[0-9]*.py))
 CHAPTERS := $(CHAPTERS_PY:.py=.ipynb)
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 

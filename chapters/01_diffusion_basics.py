@@ -9,29 +9,27 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/controlnet-book/controlnet-book/blob/main/chapters/01_diffusion_basics.ipynb)
+#
 # # 01 · Diffusion basics: the frozen model that ControlNet will steer
 #
-# ControlNet (Zhang, Rao & Agrawala, ICCV 2023) does not train an image generator. It
-# takes one that already works, **freezes** it, and learns to steer it with an extra
-# image: an outline, an edge map, a pose. So before we can build ControlNet we need the
-# thing it steers: a text-to-image diffusion model. In this chapter we build a small
-# one that runs on a laptop CPU, shaped like Stable Diffusion's UNet, and we check that
-# it truly does what a prompt says. Every later chapter loads the model trained here as
-# its frozen backbone F(·; Θ).
+# ControlNet (Zhang, Rao & Agrawala, ICCV 2023) takes an image generator that already
+# works, **freezes** it, and learns to steer it with an extra image: an outline, an edge
+# map, a pose. So first we need the thing it steers: a text-to-image diffusion model,
+# small, shaped like Stable Diffusion's, running on a laptop CPU. Every later chapter
+# loads it as its frozen model, which the paper writes **F(·; Θ)**: a network F with
+# weights Θ that never change.
 #
-# What you will do:
+# **You will learn** how the forward process destroys an image and how a noise schedule
+# can leak colour through "pure noise"; where in a UNet ControlNet
+# plugs in; one training step and one sampling step, written out; and what
+# classifier-free guidance does.
 #
-# 1. make Fill50k-style data (the authors' tutorial dataset), procedurally;
-# 2. run the forward process and see why the noise schedule decides whether a model
-#    can listen to its prompt at all;
-# 3. build the toy UNet and find the 7 places where ControlNet will plug in;
-# 4. train it, sample it with DDPM and DDIM, and measure how well it follows its prompt,
-#    with and without classifier-free guidance.
+# **You need** Python and PyTorch basics (tensors, `nn.Module`, an optimiser step) and
+# the idea of a convolution; no diffusion background.
 #
-# **Time on a 2-core CPU:** about 11 minutes in full mode, which loads the shipped base
-# and trains only a 200-step demonstration (training the shipped recipe itself takes
-# over two hours: section 5 has the switch), 2–3 minutes in smoke mode
-# (`CNETLIB_SMOKE=1`, what CI runs). On Colab or a laptop it is faster.
+# **Time on a 2-core CPU:** about 4 minutes in full mode (it loads the shipped model and
+# trains only a short demonstration); CI runs a shrunk smoke mode (`CNETLIB_SMOKE=1`).
 
 # %%
 # On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
@@ -45,8 +43,9 @@ if "google.colab" in sys.modules:
     if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
         subprocess.run(["rm", "-rf", book], check=True)
         repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-        if subprocess.run(["git", "clone", "--depth", "1", repo, book]).returncode:
-            raise RuntimeError(f"could not clone the book from {repo} (git's message is above): set the "
+        clone = subprocess.run(["git", "clone", "--depth", "1", repo, book], capture_output=True, text=True)
+        if clone.returncode:
+            raise RuntimeError(f"could not clone the book from {repo} (git: {clone.stderr.strip()[-300:]}): set the "
                                "CNETLIB_REPO environment variable to the book's URL, a fork or a mirror, and rerun")
     if book not in sys.path:
         sys.path.insert(0, book)
@@ -70,56 +69,70 @@ SMOKE = smoke_mode()  # set CNETLIB_SMOKE=1 for the short run CI does
 print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {SMOKE}")
 
 # %% [markdown]
+# ## Where we are going
+#
+# The finished model, loaded from the book's `data/` folder: given a prompt such as
+# *"red circle with blue background"*, it draws exactly that, in 32 × 32 pixels.
+
+# %%
+from cnetlib.base import DEFAULT_GUIDANCE, evaluation_prompts, generate, load_or_train_base
+from cnetlib.viz import image_grid, wrap_prompt
+
+base = load_or_train_base()          # the shipped model (trained by section 5's recipe)
+prompts = evaluation_prompts(8)
+t0 = time.perf_counter()
+first_images = generate(base, prompts, steps=pick(50, 10), seed=0)
+fig = image_grid(first_images, [wrap_prompt(p) for p in prompts], ncols=8,
+                 suptitle=f"the finished model: 8 prompts, 8 images, {time.perf_counter() - t0:.1f} s on this machine")
+plt.show()
+
+# %% [markdown]
 # ## 1 · Fill50k, drawn on demand
 #
-# The authors' tutorial trains ControlNet on **Fill50K**: 50,000 pairs of a *source*
-# (a circle's outline, white on black: the condition image c_f) and a *target* (the
-# same circle filled with a colour, on a background of another colour), each with a
-# prompt such as *"pale golden rod circle with old lace background"*. The colours are
-# CSS colour names split into words.
+# The authors' tutorial trains ControlNet on **Fill50K**: 50,000 pairs of a *source*, a
+# circle's outline, white on black, which will be the **control image c** (the condition
+# ControlNet reads), and a *target* image **x_0**, the same circle filled with a colour on
+# a background of another colour, with a prompt such as *"pale golden rod circle with
+# old lace background"* (CSS colour names split into words). The book's notation: c is
+# the control image; from chapter 03 on, **c_f = E(c)** is what a small
+# condition encoder E makes of it.
 #
-# `cnetlib.data` draws such pairs from a seed instead of downloading them: sample *i*
-# depends only on `(seed, i)`. The toy chapters work at 32 × 32 pixels with a palette of
-# 8 well-separated colours; Stable Diffusion (chapter 08) gets 512 px and all 148 CSS
-# colours.
+# `cnetlib.data` draws such pairs from a seed instead of downloading them: pair *i*
+# depends only on `(seed, i)`. The toy chapters use 32 × 32 pixels and 8 well-separated
+# colours; Stable Diffusion (chapter 08) uses 512 px and all 148 CSS colours.
 
 # %%
 from cnetlib.data import FULL_PALETTE, TOY_PALETTE, Fill50k, color_rgb, make_sample
-from cnetlib.viz import image_grid, wrap_prompt
 
 data = Fill50k(pick(20000, 2000), seed=0)
 print(f"{len(data)} pairs of {data.size}x{data.size}; palette: {', '.join(TOY_PALETTE)}")
 show = range(8)
 fig = image_grid(np.concatenate([data.sources[show], data.targets[show]]),
-                 [wrap_prompt(data.prompts[i]) for i in show] + [""] * 8, ncols=8, scale=1.25)
+                 [wrap_prompt(data.prompts[i]) for i in show] + [""] * 8, ncols=8, scale=1.25,
+                 row_labels=["source:\ncontrol image c", "target x_0\n(the prompt above)"])
 save_figure(fig, "01_fill50k_pairs")
 plt.show()
 
 # %% [markdown]
-# Each item is served as tensors, channels first, in the ranges the paper uses: the
-# control image in [0, 1], the target in [-1, 1]. With `with_meta=True` the dataset also
-# returns the ground truth that the metrics of later chapters need: the exact disk mask
-# and both colours.
+# Each item is served as tensors in the paper's ranges (control image in [0, 1], target
+# in [−1, 1]); `with_meta=True` adds the exact disk mask and both colours, which later
+# chapters' metrics need.
 
 # %%
 item = Fill50k(16, with_meta=True)[0]
-print({k: (tuple(v.shape), v.dtype) if torch.is_tensor(v) else v for k, v in item.items()})
+for key, value in item.items():
+    print(f"  {key:<16} {tuple(value.shape)} {value.dtype}" if torch.is_tensor(value) else f"  {key:<16} {value!r}")
 assert item["source"].shape == item["target"].shape == (3, 32, 32)
-assert 0 <= item["source"].min() and item["source"].max() <= 1           # c_f in [0, 1]
+assert 0 <= item["source"].min() and item["source"].max() <= 1           # c in [0, 1]
 assert -1 <= item["target"].min() and item["target"].max() <= 1          # x_0 in [-1, 1]
-# the mask says exactly where the circle colour is
-disk = item["target"][:, item["mask"]]
+disk = item["target"][:, item["mask"]]                                   # the mask says where the circle is
 assert torch.allclose(disk, torch.tensor(color_rgb(item["circle_color"])).float()[:, None] / 127.5 - 1)
-
 big = make_sample(0, size=512, palette=FULL_PALETTE)
-fig = image_grid(np.stack([big.source, big.target]), ["source (512 px)", wrap_prompt(big.prompt, 30)], ncols=2, scale=3)
-plt.show()
 assert big.target.shape == (512, 512, 3) and (big.target[big.mask] == color_rgb(big.spec.circle_color)).all()
 
 # %% [markdown]
-# `write_fill50k(root, n)` writes the authors' layout (`prompt.json` as JSON Lines with
-# `source`, `target`, `prompt`; `source/N.png`; `target/N.png`) and `Fill50kFolder(root)`
-# reads it back, so the real Fill50K works wherever the book uses ours.
+# The authors' file layout, written and read back (so the real Fill50K works wherever
+# the book uses ours):
 
 # %%
 import tempfile
@@ -135,50 +148,53 @@ with tempfile.TemporaryDirectory() as tmp:
 # %% [markdown]
 # ## 2 · The forward process
 #
-# Diffusion destroys an image x_0 step by step with Gaussian noise. With a schedule
-# β_1..β_T and ᾱ_t = ∏_{s≤t} (1 − β_s), any step can be reached in one go:
+# Diffusion destroys an image x_0 step by step with Gaussian noise, over T = 1000 steps,
+# numbered t = 0 … 999 in the code (x_T, ᾱ_T: the last one, t = 999).
+# A **noise schedule** β_1 … β_T says how much noise step t adds. Write
+# α_t = 1 − β_t and ᾱ_t = α_1 · α_2 ⋯ α_t (the product: how much of the image survives
+# up to step t). Then any step can be reached in one go:
 #
 # $$x_t = \sqrt{\bar\alpha_t}\, x_0 + \sqrt{1-\bar\alpha_t}\, \varepsilon, \qquad \varepsilon \sim \mathcal N(0, I).$$
 #
-# That one line is `cnetlib.diffusion.q_sample`:
-#
-# ```python
-# def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-#     a, s = schedule.coefficients(t, x0)   # √ᾱ_t, √(1−ᾱ_t)
-#     return a * x0 + s * noise
-# ```
-#
-# Move the slider to walk an image from t = 0 to t = T − 1 = 999.
+# The figure below runs one image through it under two schedules, SD's linear one and a
+# cosine one, which section 3 compares. Written out, with the equation beside each line
+# (the library's version is
+# `cnetlib.diffusion.q_sample`; the assert checks that they agree):
 
 # %%
 from cnetlib.diffusion import cosine_schedule, linear_schedule, q_sample
-from cnetlib.viz import noised_grid
 
-x0 = torch.from_numpy(data.targets[:6]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+def forward_process(x0, t, eps, alphas_cumprod):
+    ab = alphas_cumprod[t].float().view(-1, 1, 1, 1)   # ᾱ_t, one per image in the batch
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * eps       # x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+
+
 linear, cosine = linear_schedule(), cosine_schedule()
-for t in (0, 250, 500, 999):
-    fig = noised_grid(x0, t, linear)
-    plt.show()
-
-# %%
-t_slider = widgets.IntSlider(value=500, min=0, max=999, step=10, description="t", continuous_update=False)
-sched_pick = widgets.ToggleButtons(options=[("linear (SD)", "linear"), ("cosine", "cosine")], description="schedule")
-
-
-def show_forward(t: int, schedule: str) -> None:
-    noised_grid(x0, t, linear if schedule == "linear" else cosine)
-    plt.show()
-
-
-display(widgets.VBox([widgets.HBox([t_slider, sched_pick]),
-                      widgets.interactive_output(show_forward, {"t": t_slider, "schedule": sched_pick})]))
+x0 = torch.from_numpy(data.targets[:6]).permute(0, 3, 1, 2).float() / 127.5 - 1
+g = torch.Generator().manual_seed(0)
+eps = torch.randn(x0.shape, generator=g)
+t = torch.tensor([0, 100, 250, 500, 750, 999])
+strip = torch.cat([forward_process(x0[:1].expand(6, -1, -1, -1), t, eps, s.alphas_cumprod) for s in (linear, cosine)])
+torch.testing.assert_close(forward_process(x0, t, eps, linear.alphas_cumprod), q_sample(x0, t, eps, linear))
+fig = image_grid(strip.clamp(-1, 1), [f"t = {int(k)}" for k in t] * 2, ncols=6, scale=1.2,
+                 row_labels=["linear (SD)", "cosine"], suptitle="one image along the forward process, two schedules")
+plt.show()
 
 # %% [markdown]
 # ## 3 · Two schedules, and the colour that leaks
 #
-# Stable Diffusion uses a "scaled linear" schedule: √β goes linearly from √0.00085 to
-# √0.012 over T = 1000 steps. The cosine schedule of Nichol & Dhariwal sets
-# ᾱ(t) ∝ cos²((t/T + s)/(1 + s) · π/2) instead. Look at the last step:
+# The two rows use two schedules. Stable Diffusion's is "scaled linear": √β_t goes
+# linearly from √0.00085 to √0.012. The **cosine** schedule of Nichol & Dhariwal (2021)
+# sets ᾱ_t ∝ cos²((t/T + s)/(1 + s) · π/2), with a small offset s = 0.008 (this s is the
+# schedule's, not chapter 06's conditioning scale) so that the
+# first steps are not noise-free. A useful way to compare them is the **signal-to-noise
+# ratio** SNR(t) = ᾱ_t / (1 − ᾱ_t), the power of what is left of the image over the power
+# of the noise; the right panel plots its natural log.
+#
+# **Predict before you run.** At the last step, t = T − 1 = 999 ("pure noise"), what
+# share of the image's amplitude, √ᾱ, do you expect SD's schedule to have left: 0, about
+# 1 %, or more?
 
 # %%
 from cnetlib.viz import plot_schedules
@@ -187,13 +203,14 @@ fig = plot_schedules([linear, cosine])
 save_figure(fig, "01_schedules")
 plt.show()
 ab_lin, ab_cos = linear.alphas_cumprod[-1].item(), cosine.alphas_cumprod[-1].item()
-print(f"linear: ᾱ_T = {ab_lin:.4f}, so √ᾱ_T = {ab_lin ** 0.5:.3f} of the image survives at t = T")
-print(f"cosine: ᾱ_T = {ab_cos:.1e}")
+print(f"linear: ᾱ at the last step = {ab_lin:.4f}, so √ᾱ = {ab_lin ** 0.5:.3f} of the image survives at t = 999")
+print(f"cosine: ᾱ at the last step = {ab_cos:.1e}")
 assert abs(ab_lin - 0.0047) < 2e-4 and ab_cos < 1e-6
 
 # %% [markdown]
-# 6.8 % of the image is left in SD's "pure noise". Is that enough to matter? Our images
-# are mostly background, so the mean colour of x_T carries the background colour.
+# 6.8 % of the image is left in SD's "pure noise" (the left panel hides it: both curves
+# look like 0 there; the log-SNR panel shows the gap). Is that enough to matter? Our
+# images are mostly background, so the mean colour of x_T carries the background colour.
 # Let us guess the background colour of x_0 from nothing but the mean of x_T, picking the
 # nearest palette colour, for 2,000 images:
 
@@ -204,8 +221,7 @@ n = 2000
 leak_data = Fill50k(n, seed=7)
 x0_all = torch.from_numpy(leak_data.targets).permute(0, 3, 1, 2).float() / 127.5 - 1
 true_bg = [p.split(" circle with ")[1].removesuffix(" background") for p in leak_data.prompts]
-g = torch.Generator().manual_seed(0)
-noise = torch.randn(x0_all.shape, generator=g)
+noise = torch.randn(x0_all.shape, generator=torch.Generator().manual_seed(0))
 leak = {}
 for sched in (linear, cosine):
     xT = q_sample(x0_all, torch.full((n,), 999), noise, sched)
@@ -220,63 +236,79 @@ assert leak["cosine"] < 2 / len(TOY_PALETTE)          # the cosine schedule does
 
 # %% [markdown]
 # With SD's schedule the background colour can be read off "pure noise" far above
-# chance. A model trained on it learns to take its colours from that leftover signal
-# rather than from the prompt, since both are there during training. At sampling time
-# x_T is genuine noise, its mean colour is random, and the model paints a random
-# colour: it *ignores the prompt*. (Lin et al., 2024, "Common diffusion noise schedules
-# and sample steps are flawed", describe the same effect in Stable Diffusion, which
-# cannot make very dark or very bright images.) That is fatal for this book, whose
-# whole premise is that **the prompt carries colour and the condition carries
-# geometry**, so our toy base uses:
+# chance. A model trained on it sees that leftover colour at every training step, beside
+# the prompt, and can learn to take its colours from it; at sampling time x_T is genuine
+# noise and that colour is random. (Lin et al., 2024, report the consequence in Stable
+# Diffusion, which cannot make very dark or very bright images; we have not trained a
+# linear-schedule model here, exercise 01.4 does.) This book's premise is that **the
+# prompt carries colour and the control image carries geometry**, so the toy model uses:
 #
 # * the **cosine** schedule, whose last step holds no signal at all;
 # * **v-prediction** (Salimans & Ho, 2022; SD 2.x uses it): the network predicts
-#   v = √ᾱ_t ε − √(1−ᾱ_t) x_0 instead of ε. At t = T, where x_T = ε, predicting ε is
-#   trivial and teaches nothing, while v = −x_0 forces the model to say what the image
-#   should be — from the prompt alone.
+#   v = √ᾱ_t ε − √(1−ᾱ_t) x_0 instead of the noise ε. At the last step, where x_T = ε,
+#   predicting ε teaches nothing, while v = −x_0 makes the model say what the image
+#   should be, from the prompt alone.
 #
-# The loss keeps the paper's form, ‖target − f_θ(x_t, t, c_t)‖² (with target ε it is
-# exactly the paper's ‖ε − ε_θ(z_t, t, c_t, c_f)‖²); `cnetlib.diffusion.diffusion_loss`
-# supports both targets.
+# The slider walks six images through the forward process under either schedule. Its
+# second row shows what section 3 measured: the mean colour of x_t, divided by √ᾱ_t. At
+# t = 999 it is still a noisy estimate of each image's mean colour (the average of its two
+# colours) under the linear schedule, and only noise under the cosine one.
+
+# %%
+from cnetlib.viz import noised_grid
+
+t_slider = widgets.IntSlider(value=999, min=0, max=999, step=10, description="t", continuous_update=False)
+sched_pick = widgets.ToggleButtons(options=[("linear (SD)", "linear"), ("cosine", "cosine")], description="schedule")
+
+
+def show_forward(t: int, schedule: str) -> None:
+    noised_grid(x0, t, linear if schedule == "linear" else cosine)
+    plt.show()
+
+
+display(widgets.VBox([widgets.HBox([t_slider, sched_pick]),
+                      widgets.interactive_output(show_forward, {"t": t_slider, "schedule": sched_pick})]))
 
 # %% [markdown]
 # ## 4 · A UNet shaped like Stable Diffusion's
 #
-# `cnetlib.unet.ToyUNet` follows SD's layout block for block, at toy width:
-#
-# * `input_blocks[0]` is the input conv; then each resolution level has ResNet blocks
-#   (and, at the coarse levels, a transformer: self-attention, cross-attention to the
-#   prompt tokens c_t, feed-forward), and a downsampling conv. **Every input block's
-#   output is a skip connection** to the decoder.
-# * a middle block (ResNet, transformer, ResNet) at the coarsest level;
-# * `output_blocks` consume the skips in reverse order.
-#
-# SD has 4 levels with 2 ResNets each: 1 + 4·2 + 3 = **12 skips, plus the middle block:
-# the 13 connections ControlNet writes to**. Our toy has 3 levels with 1 ResNet each: 6
-# skips + 1 middle = 7. The forward pass takes one additive residual per skip and one for
-# the middle block — that is exactly where ControlNet will plug in (reference code:
-# `h = cat([h, hs.pop() + control.pop()])`).
-#
-# The prompt goes through a tiny text encoder (word tokens + positions + two transformer
-# layers), our stand-in for CLIP; the empty prompt `""` is the "unconditional" input
-# that classifier-free guidance needs. As in SDXL, the mean of the text features is also
-# added to the time embedding, so every ResNet block hears the prompt.
+# The network that predicts v is a **UNet**: an encoder that shrinks the image through
+# levels of lower resolution, a middle block, and a decoder that grows it back. Each
+# encoder block's output also goes straight to the decoder, a **skip connection**.
+# `cnetlib.unet.ToyUNet` follows SD's layout at toy width: ResNet blocks (convolutions
+# with the timestep t added as a learned **time embedding**), **cross-attention** at the
+# coarsest level (each position attends to the prompt's word features c_t), and a
+# downsampling conv after every level but the last. In the diagram, drawn from the
+# model's own connection table, h_i is the side of the feature map at connection i, and
+# each orange ⊕ is where ControlNet will add its residual r_i (chapter 03).
 
 # %%
+from cnetlib.diagrams import unet_diagram
 from cnetlib.unet import ToyUNet, UNetConfig, count_parameters
 
-config = UNetConfig()
-model = ToyUNet(config)
-print(config)
-print(f"\nparameters: {count_parameters(model):,} ({count_parameters(model) * 4 / 2**20:.1f} MB in fp32)\n")
-print(f"{'#':>2}  {'block':<11} {'level':>5}  {'channels':>8}  {'h_i':>4}")
+model = ToyUNet(UNetConfig())
+fig = unet_diagram(model.connections, title="the toy UNet: 6 skips + the middle block = 7 connection points")
+save_figure(fig, "01_unet_diagram")
+plt.show()
+print(f"parameters: {count_parameters(model):,} ({count_parameters(model) * 4 / 2**20:.1f} MB in fp32)")
+print(f"{'i':>2}  {'block':<11} {'level':>5}  {'channels':>8}  {'h_i':>4}")
 for c in model.connections:
     print(f"{c.index:>2}  {c.kind:<11} {c.level:>5}  {c.channels:>8}  {c.resolution:>4}")
 assert len(model.skip_shapes()) == 6 and len(model.connections) == 7
 
 # %% [markdown]
-# Residuals of zeros must change nothing — bit for bit. This is the property ControlNet's
-# zero convolutions rely on at step 0 (chapter 02).
+# SD has 4 levels with 2 ResNets each: 1 + 4·2 + 3 = **12 skips, plus the middle block:
+# the 13 connections ControlNet writes to**. Our toy has 3 levels with 1 ResNet each: 6
+# skips + 1 middle = 7. The forward pass already takes one residual r_i per connection
+# (the authors' reference code, `cldm.py`: `h = cat([h, hs.pop() + control.pop()])`). The
+# network's output is its prediction, v̂ here (ε̂ for SD; section 6). The prompt goes through a
+# tiny text encoder, our stand-in for CLIP, the pretrained text encoder of Stable
+# Diffusion; the empty prompt `""` is the "unconditional" input of section 8. The mean of
+# the text features is also added to the time embedding, so every ResNet block hears the
+# prompt.
+#
+# Residuals of zeros must change nothing: the property ControlNet's zero convolutions
+# rely on (chapter 02).
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -288,40 +320,83 @@ with torch.no_grad():
     zeros = [torch.zeros(4, *s) for s in model.skip_shapes()]
     with_zeros = model(x, t, ctx, down_residuals=zeros, mid_residual=torch.zeros(4, *model.mid_shape()))
 assert torch.equal(plain, with_zeros)
-print("skip shapes (C, H, W):", model.skip_shapes(), " middle:", model.mid_shape())
+print("output with zero residuals == output without them; skip shapes (C, H, W):", model.skip_shapes())
 
 # %% [markdown]
-# ## 5 · Training
+# ## 5 · One training step, written out
 #
-# The loop (`cnetlib.train.train_denoiser`) is the textbook one: draw a batch of targets
-# x_0 and their prompts, replace 30 % of the prompts by `""` (so the same network also
-# learns the unconditional model), draw t and ε, and minimise ‖v − v_θ(x_t, t, c_t)‖²
-# with AdamW; an exponential moving average (EMA) of the weights is what we keep. The
-# recipe of the shipped base, and the UNet it trains:
+# Training teaches the network to undo noise. One step: draw a batch of targets x_0 and
+# their prompts; replace 30 % of the prompts by `""` (so the same network also learns the
+# unconditional model that section 8 needs); draw a step t and noise ε for each image;
+# form x_t; and move the weights θ to make the prediction closer to v. The loss is the
+# paper's ‖ε − ε_θ(x_t, t, c_t)‖² with our target v in place of ε (θ: the weights being
+# trained; once frozen, the book calls them Θ). The gradient's norm is clipped to 1, so
+# that one bad batch cannot throw the weights far, and AdamW updates them.
+#
+# Written out below. The library's loop, `cnetlib.train.train_denoiser`, adds a learning
+# rate that warms up over the first steps and an **exponential moving average** (EMA) of
+# the weights, which is what a run keeps; a few cells below, the check runs it with a one-step
+# warm-up and checks that one step of each gives the same raw weights.
 
 # %%
-from cnetlib.base import BASE_CHECKPOINT, BASE_RECIPE, SMOKE_RECIPE, load_or_train_base, train_base
-from cnetlib.viz import plot_losses
+from cnetlib.data import target_to_tensor
+from cnetlib.train import drop_prompts
 
-RETRAIN_BASE = False   # True: train the shipped recipe here (almost four hours on 2 CPU cores; resumable in runs/base)
-print(BASE_RECIPE)
-print(f"UNet: channels {BASE_RECIPE.channels}, {count_parameters(ToyUNet(BASE_RECIPE.config())):,} parameters")
+
+def base_training_step(model, opt, data, batch_size, p_drop, g, alphas_cumprod):
+    idx = torch.randint(0, len(data), (batch_size,), generator=g)            # a random batch of pairs
+    x0 = target_to_tensor(data.targets[idx.numpy()])                         # x_0 in [-1, 1]
+    c_t = model.encode_prompts(drop_prompts([data.prompts[i] for i in idx.tolist()], p_drop, g))  # "" w.p. p
+    t = torch.randint(0, len(alphas_cumprod), (batch_size,), generator=g)    # t ~ U{0, …, T − 1}
+    eps = torch.randn(x0.shape, generator=g)                                 # ε ~ N(0, I)
+    ab = alphas_cumprod[t].float().view(-1, 1, 1, 1)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps                             # x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * x0                               # v = √ᾱ_t ε − √(1 − ᾱ_t) x_0
+    loss = (model(x_t, t, c_t) - v).pow(2).mean()                            # ‖v − v_θ(x_t, t, c_t)‖²
+    opt.zero_grad()
+    loss.backward()                                                          # ∂loss/∂θ
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)                  # rescale the gradient to norm ≤ 1
+    opt.step()                                                               # AdamW: θ ← θ − lr · (update)
+    return loss.item()
+
 
 # %% [markdown]
-# Training the shipped recipe takes almost four hours on two CPU cores (the cell after next
-# prints the exact time), so by default we watch the loop for a couple of hundred steps
-# only, then load the shipped result. (Set
-# `RETRAIN_BASE = True` to run all of it: `python -m cnetlib.base` is the same code, and it
-# resumes where it stopped if interrupted.)
+# The recipe of the shipped model, and a short run of the library's loop (200 steps; the
+# full recipe took almost four hours on the two CPU cores that trained it: the time is
+# printed below, and the seconds per step of this short run tell what it would take here.) Set
+# `RETRAIN_BASE = True` to run all of it: `python -m cnetlib.base` is the same code, and
+# it resumes where it stopped if interrupted. In the recipe, `warmup` is the number of
+# steps over which the learning rate ramps up to `lr`, `weighting` how the loss weights
+# the timesteps (none here; appendix A01 tries one) and `stop_at` a step at which to stop
+# inside the schedule (None: at its end).
 
 # %%
+import copy
 from dataclasses import replace
 
+from cnetlib.base import BASE_CHECKPOINT, BASE_RECIPE, SMOKE_RECIPE, train_base
 from cnetlib.runtime import ROOT, default_device
+from cnetlib.train import train_denoiser
+from cnetlib.viz import field_table, plot_losses
+
+RETRAIN_BASE = False   # True: train the shipped recipe here (resumable in runs/base)
+print("the recipe (cnetlib.base.BASE_RECIPE):")
+print(field_table(BASE_RECIPE))
+print(f"UNet: channels {BASE_RECIPE.channels}, {count_parameters(ToyUNet(BASE_RECIPE.config())):,} parameters")
+
+# the written-out step against one step of the library's loop, from the same weights and seed
+small = ToyUNet(SMOKE_RECIPE.config())
+ours, theirs = copy.deepcopy(small), copy.deepcopy(small)
+loss_ours = base_training_step(ours, torch.optim.AdamW(ours.parameters(), lr=1e-3, weight_decay=0.0), data, 8, 0.3,
+                               torch.Generator().manual_seed(0), cosine.alphas_cumprod)
+lib = train_denoiser(theirs, data, steps=1, batch_size=8, lr=1e-3, warmup=1, drop_prompt=0.3, seed=0, progress=False)
+torch.testing.assert_close(loss_ours, lib.losses[0], rtol=1e-4, atol=1e-6)
+for p, q in zip(ours.parameters(), lib.raw.parameters()):
+    torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+print(f"one written-out step and one step of train_denoiser: the same loss ({loss_ours:.4f}) and weights")
 
 if RETRAIN_BASE and not SMOKE:
-    recipe = BASE_RECIPE
-    result = train_base(recipe, device=default_device(), out_dir=ROOT / "runs" / "base")
+    result = train_base(BASE_RECIPE, device=default_device(), out_dir=ROOT / "runs" / "base")
 else:
     recipe = replace(BASE_RECIPE, steps=pick(200, 20), stop_at=None) if not SMOKE else SMOKE_RECIPE
     result = train_base(recipe, device=default_device())
@@ -330,27 +405,18 @@ k = max(1, len(result.losses) // 10)
 assert np.mean(result.losses[-k:]) < np.mean(result.losses[:k])  # it learns
 
 # %% [markdown]
-# The full recipe's result ships as `data/base_unet.pt`, a small checkpoint holding the
-# state dict, the config and the training log. From here on we use that checkpoint,
-# through `load_or_train_base()`, which every later chapter calls too: it loads the file,
-# or trains and saves it when it is missing.
-#
-# One fact of its history is recorded in the checkpoint: its first 2,093 steps ran under
-# a cosine schedule planned for 4,000 steps, extended mid-run to `BASE_RECIPE.steps`
-# (`meta["extended"]`). So `python -m cnetlib.base`, which runs the recipe as it now
-# stands from the start, reproduces the shipped base up to that early difference in
-# learning rate.
+# The full recipe's result ships as `data/base_unet.pt` (state dict, config and training
+# log), and `load_or_train_base()`, which every chapter calls, loads it (or trains and
+# saves it when it is missing). Its loss curve, with our short run on top:
 
 # %%
-base = load_or_train_base()
 meta = base.checkpoint_meta
-print(f"shipped base: {BASE_CHECKPOINT.name}, {BASE_CHECKPOINT.stat().st_size / 2**20:.1f} MB, "
+print(f"shipped model: {BASE_CHECKPOINT.name}, {BASE_CHECKPOINT.stat().st_size / 2**20:.1f} MB, "
       f"{count_parameters(base):,} parameters, trained {meta['steps']} steps in {meta['seconds'] / 60:.0f} min, "
       f"final loss {meta['final_loss']:.4f}")
-print(f"history: {meta['extended']['note']}")
 assert meta["steps"] == meta["recipe"]["steps"] == BASE_RECIPE.steps and meta["recipe"]["stop_at"] is None
-assert meta["extended"]["at_step"] == 2093 and 3.5 * 3600 < meta["seconds"] < 4 * 3600   # "almost four hours"
-fig = plot_losses(meta["losses"], smooth=50, title=f"shipped base: v-prediction loss ({meta['steps']} steps)")
+assert 3.5 * 3600 < meta["seconds"] < 4 * 3600   # "almost four hours"
+fig = plot_losses(meta["losses"], smooth=50, title=f"shipped model: v-prediction loss ({meta['steps']} steps)")
 ax = fig.axes[0]
 ax.plot(result.losses, color="C3", lw=0.8, alpha=0.7, label=f"this run ({len(result.losses)} steps)")
 ax.legend(fontsize=8)
@@ -361,66 +427,175 @@ if RETRAIN_BASE and not SMOKE:   # a full run must end where the shipped one did
     assert abs(ours - meta["final_loss"]) < 0.1 * meta["final_loss"], (ours, meta["final_loss"])
 
 # %% [markdown]
-# ## 6 · Sampling: DDPM and DDIM
+# How the recipe was found (the levers tried, the model's quality along its 8,000 steps,
+# EMA against raw weights) is in [appendix A01](A01_base_levers.ipynb).
 #
-# **DDPM** walks back through all 1000 steps, each time predicting x̂_0, forming the
-# posterior mean μ̃ = (√ᾱ_{t−1} β_t x̂_0 + √α_t (1−ᾱ_{t−1}) x_t)/(1−ᾱ_t) and adding fresh noise.
-# **DDIM** takes the same model and jumps: x_{t'} = √ᾱ_{t'} x̂_0 + √(1−ᾱ_{t'}) ε̂, here
-# in 50 deterministic steps. Both are in `cnetlib.diffusion`, and both take any function
-# `model_fn(x_t, t)`, which is how guidance (and later ControlNet) plugs in.
+# ## 6 · Sampling: DDPM and DDIM, written out
+#
+# Sampling runs the process backwards: start from noise x_T and, step by step, use the
+# network to remove noise. At step t the network's v̂ gives both the clean image it
+# implies and the noise it implies (x_t and v are two equations in the two unknowns x_0
+# and ε; multiply them by √ᾱ_t and √(1 − ᾱ_t) and add or subtract):
+#
+# $$\hat x_0 = \sqrt{\bar\alpha_t}\, x_t - \sqrt{1-\bar\alpha_t}\, \hat v, \qquad
+#   \hat\varepsilon = \sqrt{1-\bar\alpha_t}\, x_t + \sqrt{\bar\alpha_t}\, \hat v.$$
+#
+# * **DDPM** (Denoising Diffusion Probabilistic Models, Ho et al., 2020) walks back
+#   through all 1000 steps. Each step moves to the mean of x_{t−1} given x_t and x̂_0,
+#   μ̃ = (√ᾱ_{t−1} β_t x̂_0 + √α_t (1 − ᾱ_{t−1}) x_t) / (1 − ᾱ_t), and adds fresh noise
+#   of variance β̃_t = β_t (1 − ᾱ_{t−1}) / (1 − ᾱ_t).
+# * **DDIM** (Denoising Diffusion Implicit Models, Song et al., 2021) uses the same
+#   network but jumps to an earlier step t′ without new noise:
+#   x_{t′} = √ᾱ_{t′} x̂_0 + √(1 − ᾱ_{t′}) ε̂, here in 50 steps instead of 1,000.
+#
+# Two details of the code: x̂_0 is clipped to the image range [−1, 1], and ε̂ is then
+# recomputed from the clipped x̂_0 (ε̂ = (x_t − √ᾱ_t x̂_0) / √(1 − ᾱ_t)) so the pair stays
+# consistent with x_t; and the last step returns x̂_0 itself. Both samplers are guided by
+# **classifier-free guidance** (CFG): the network predicts once with the prompt (f_c) and
+# once with the empty prompt (f_uc), and the sampler uses f_uc + β_cfg (f_c − f_uc), here
+# with the guidance weight β_cfg = 3 (section 8 explains and measures it). Both steps written out (`cnetlib.diffusion.ddim_sample` and `ddpm_sample` are the
+# library's loops; both take any function `model_fn(x_t, t)`, which is how guidance and,
+# later, ControlNet plug in):
 
 # %%
-from cnetlib.base import DEFAULT_GUIDANCE, evaluation_prompts, generate
+from cnetlib.diffusion import ddim_sample, ddim_timesteps, ddpm_sample
 
-prompts = evaluation_prompts(8)
-timings = {}
-for sampler, steps in (("ddim", pick(50, 10)), ("ddpm", 1000)):
-    if SMOKE and sampler == "ddpm":
-        continue  # 1000 steps: full mode only
-    t0 = time.perf_counter()
-    images = generate(base, prompts, sampler=sampler, steps=steps, seed=0, progress=True)
-    timings[sampler] = time.perf_counter() - t0
-    fig = image_grid(images, [wrap_prompt(p) for p in prompts], ncols=8,
-                     suptitle=f"{sampler.upper()}, {steps} steps, β_cfg = {DEFAULT_GUIDANCE}: {timings[sampler]:.1f} s for 8 images")
-    save_figure(fig, f"01_samples_{sampler}")
-    plt.show()
-    assert images.shape == (8, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+
+def ddim_step(v_hat, x_t, ab_t, ab_next):
+    x0 = (ab_t.sqrt() * x_t - (1 - ab_t).sqrt() * v_hat).clamp(-1, 1)  # x̂_0, kept in the image range
+    eps = (x_t - ab_t.sqrt() * x0) / (1 - ab_t).sqrt()                  # ε̂ consistent with that x̂_0
+    return ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps, x0         # x_t′ = √ᾱ_t′ x̂_0 + √(1 − ᾱ_t′) ε̂
+
+
+def ddim_loop(model_fn, x_T, alphas_cumprod, timesteps):
+    x = x_T
+    for k, t in enumerate(timesteps):                                   # t = 999 down to the last chosen step
+        v_hat = model_fn(x, torch.full((len(x),), t))                   # the network's v̂ at (x_t, t)
+        if k == len(timesteps) - 1:                                     # the last step: return x̂_0
+            ab = alphas_cumprod[t]
+            return (ab.sqrt() * x - (1 - ab).sqrt() * v_hat).clamp(-1, 1)
+        x, _ = ddim_step(v_hat, x, alphas_cumprod[t], alphas_cumprod[timesteps[k + 1]])
+
+
+def ddpm_step(v_hat, x_t, t, betas, alphas_cumprod, z):
+    ab_t, ab_prev, beta_t = alphas_cumprod[t], alphas_cumprod[t - 1], betas[t]
+    x0 = (ab_t.sqrt() * x_t - (1 - ab_t).sqrt() * v_hat).clamp(-1, 1)  # x̂_0
+    mean = (ab_prev.sqrt() * beta_t * x0 + (1 - beta_t).sqrt() * (1 - ab_prev) * x_t) / (1 - ab_t)   # μ̃_t
+    var = beta_t * (1 - ab_prev) / (1 - ab_t)                           # β̃_t
+    return mean + var.sqrt() * z                                        # x_{t−1} = μ̃_t + √β̃_t z
+
+
+def ddpm_loop(model_fn, shape, betas, alphas_cumprod, g):
+    x = torch.randn(shape, generator=g)                                 # x_T ~ N(0, I)
+    for t in range(len(betas) - 1, 0, -1):
+        x = ddpm_step(model_fn(x, torch.full((shape[0],), t)), x, t, betas, alphas_cumprod,
+                      torch.randn(shape, generator=g))                  # fresh noise z at every step
+    ab = alphas_cumprod[0]
+    return (ab.sqrt() * x - (1 - ab).sqrt() * model_fn(x, torch.full((shape[0],), 0))).clamp(-1, 1)
+
 
 # %% [markdown]
-# How does an image appear? The DDIM callback shows the model's current guess x̂_0
-# at every step: colours come first (they are settled within the first few steps, since
-# they are what the prompt says), the disk's edge last.
+# **Predict before you run.** DDPM and DDIM start from the same noise x_T. Will they
+# draw the same eight disks?
 
 # %%
-from cnetlib.diffusion import classifier_free_guidance, ddim_sample, make_schedule
+from cnetlib.diffusion import classifier_free_guidance
+from cnetlib.metrics import prompt_following
 
-snapshots = []
-c_cond, c_unc = base.encode_prompts(prompts[:1]), base.encode_prompts([""])
-fn = classifier_free_guidance(lambda x, t: base(x, t, c_cond), lambda x, t: base(x, t, c_unc), DEFAULT_GUIDANCE)
-ddim_sample(fn, (1, 3, 32, 32), make_schedule(base.config.schedule), base.config.prediction, steps=50,
-            generator=torch.Generator().manual_seed(0), callback=lambda t, x, x0: snapshots.append((t, x0[0])))
-picked = [snapshots[i] for i in sorted(set(range(0, len(snapshots), 7)) | {len(snapshots) - 1})]  # every 7th and the last, once
-assert len({t for t, _ in picked}) == len(picked)  # no frame twice
-fig = image_grid(torch.stack([s for _, s in picked]), [f"t={t}" for t, _ in picked], ncols=len(picked),
-                 suptitle=f"x̂_0 during DDIM: {prompts[0]}")
+c_cond, c_unc = base.encode_prompts(prompts), base.encode_prompts([""] * len(prompts))
+model_fn = classifier_free_guidance(lambda x, t: base(x, t, c_cond), lambda x, t: base(x, t, c_unc), DEFAULT_GUIDANCE)
+x_T = torch.randn(len(prompts), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+steps = pick(50, 10)
+with torch.no_grad():
+    t0 = time.perf_counter()
+    ours = ddim_loop(model_fn, x_T, cosine.alphas_cumprod, ddim_timesteps(1000, steps))
+    timings = {"ddim": time.perf_counter() - t0}
+    lib = ddim_sample(model_fn, x_T.shape, cosine, "v", steps=steps, x_T=x_T)
+torch.testing.assert_close(ours, lib, rtol=1e-4, atol=1e-4)   # the written-out loop is the library's
+rows = [ours]
+if not SMOKE:   # DDPM: 1000 network calls, full mode only
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        rows.append(ddpm_loop(model_fn, x_T.shape, cosine.betas, cosine.alphas_cumprod, torch.Generator().manual_seed(0)))
+        timings["ddpm"] = time.perf_counter() - t0
+fig = image_grid(torch.cat(rows), [wrap_prompt(p) for p in prompts] + [""] * (len(rows) - 1) * len(prompts), ncols=8,
+                 row_labels=[f"DDIM, {steps} steps\n{timings['ddim']:.1f} s"]
+                 + ([f"DDPM, 1000 steps\n{timings['ddpm']:.1f} s"] if len(rows) > 1 else []),
+                 suptitle=f"the same starting noise x_T, two samplers (β_cfg = {DEFAULT_GUIDANCE})")
+save_figure(fig, "01_samples_ddim_ddpm")
+plt.show()
+# DDPM's loop against the library's, on a cheap stand-in network (the algorithm, not the model)
+toy_fn = lambda x, t: 0.5 * x + 0.01 * t.view(-1, 1, 1, 1) / 1000        # noqa: E731
+torch.testing.assert_close(ddpm_loop(toy_fn, (2, 3, 4, 4), cosine.betas, cosine.alphas_cumprod, torch.Generator().manual_seed(1)),
+                           ddpm_sample(toy_fn, (2, 3, 4, 4), cosine, "v", generator=torch.Generator().manual_seed(1)),
+                           rtol=1e-4, atol=1e-4)
+if not SMOKE:
+    print(f"DDPM took {timings['ddpm'] / timings['ddim']:.0f}× as long as DDIM")
+    for name, imgs in zip(("DDIM", "DDPM"), rows):
+        pf_row = prompt_following(imgs, prompts, TOY_PALETTE)
+        print(f"{name}: both colours right in {np.mean(pf_row.circle_correct & pf_row.background_correct):.0%} "
+              f"of the 8 images; each circle fills its best-fitting disk with IoU {pf_row.mean_disk_iou:.2f} on "
+              f"average (section 7 explains both readings)")
+    assert not torch.allclose(rows[0], rows[1], atol=0.1)    # different images from the same x_T
+
+# %% [markdown]
+# Same colours, different disks: DDPM adds fresh noise at each of its thousand steps, so
+# where a disk lands depends on those draws too, while DDIM's path is fixed by x_T
+# alone. Both follow the prompt (printed above); DDIM is many times faster, so the rest
+# of the book samples with it.
+#
+# **Predict before you run.** While DDIM runs, x̂_0 is the model's current guess of
+# the final image. What is settled first: the two colours, or the disk's outline? (The
+# cell compares each step's x̂_0 with the final image: its colours, and its disk by their
+# IoU, intersection over union, the area both disks cover divided by the area either
+# covers.)
+
+# %%
+from cnetlib.metrics import as_uint8_images, iou, segment_circle
+
+guesses = []                                               # (t, x̂_0 of all 8 images) at every DDIM step
+with torch.no_grad():
+    ddim_sample(model_fn, x_T.shape, cosine, "v", steps=50, x_T=x_T, callback=lambda t, x, x0: guesses.append((t, x0)))
+final = guesses[-1][1]
+final_masks = [segment_circle(im) for im in as_uint8_images(final)]
+colours_right, disk_iou = [], []
+for t, x0_hat in guesses:
+    pf = prompt_following(x0_hat, prompts, TOY_PALETTE)
+    colours_right.append(np.mean(pf.circle_correct & pf.background_correct))
+    masks = [segment_circle(im) for im in as_uint8_images(x0_hat)]
+    disk_iou.append(np.mean([iou(m, f) for m, f in zip(masks, final_masks)]))
+settled = lambda ys, level: next(k for k in range(len(ys)) if all(y >= level for y in ys[k:]))  # noqa: E731
+k_colour, k_shape = settled(colours_right, 1.0), settled(disk_iou, 0.9)
+print(f"DDIM step (of 50) from which x̂_0 has both colours of the prompt in every image: {k_colour + 1} (t = {guesses[k_colour][0]})")
+print(f"DDIM step from which x̂_0's disk overlaps the final disk with IoU ≥ 0.9:      {k_shape + 1} (t = {guesses[k_shape][0]})")
+frames = sorted({0, 1, 2, 3, 5, 8, 12, 20, 30, 49})
+fig = image_grid(torch.stack([guesses[k][1][0] for k in frames]), [f"step {k + 1}\nt={guesses[k][0]}" for k in frames],
+                 ncols=len(frames), suptitle=f"x̂_0 during DDIM: {prompts[0]}")
 save_figure(fig, "01_denoising_strip")
 plt.show()
+assert k_colour < k_shape   # colours first, the outline later
 
 # %% [markdown]
+# The colours come first, within the first few steps; the disk's outline a few steps
+# later, still early in the run (the printed step numbers say when); the remaining steps
+# only clean up. That is why, in chapter 06, the outline's control must act early.
+#
 # ## 7 · Does it follow its prompt, and does it draw clean disks?
 #
 # `cnetlib.metrics.prompt_following` reads each generated image: the background colour is
-# the median of the image's frame, the circle is every pixel far from it, the circle
-# colour is their median, and both snap to the nearest palette colour. It also fits a
-# disk to the circle pixels (same centroid and area) and reports their IoU: 1.0 for a
-# clean disk, less for blobs, rings or speckle. And `cnetlib.metrics.clean_disk` asks
-# the stricter question the later chapters need: is the image *one clean disk on a flat
-# background* (disk IoU ≥ 0.9, no second blob, flat colours inside and outside)? The
-# prompts are every ordered pair of palette colours (56 of them, 112 samples).
+# the median of the image's frame, the circle is every pixel far from it, and both snap
+# to the nearest palette colour. It also fits a disk to the circle's pixels (same centre
+# and area) and reports their IoU: 1.0 for a perfect disk, less for blobs or rings.
+# `cnetlib.metrics.clean_disk` asks whether an image is one disk on a flat background
+# with disk IoU ≥ 0.9. The book's targets: with the prompt, disk IoU ≥ 0.95 and ≥ 95 %
+# clean disks; without a prompt, ≥ 90 % (the cell asserts them). The prompts are every
+# ordered pair of palette colours (56 of them, 112 samples). Each mean comes with a **95 % interval**
+# from the bootstrap (`cnetlib.stats`): the samples are resampled with replacement many
+# times, and the interval holds the middle 95 % of the resampled means.
 #
-# ControlNet will also be asked to work **without a prompt** (the paper drops half of
-# the prompts when training it, §3.3). Then the frozen base runs its unconditional
-# model, so that model must draw clean disks too: we sample it with the empty prompt.
+# ControlNet will also work **without a prompt** (the paper drops half of the prompts
+# when training it, §3.3), where the frozen model runs its unconditional model, so we
+# sample that too, with the empty prompt.
 
 # %%
 from cnetlib.base import evaluate_prompt_following, evaluate_unprompted
@@ -440,9 +615,6 @@ print(f"  one clean disk on a flat background:  {bootstrap_ci(pf.clean)}")
 print("with the empty prompt (the unconditional model):")
 print(f"  disk IoU:                             {bootstrap_ci(un.disk_iou)}")
 print(f"  one clean disk on a flat background:  {bootstrap_ci(un.clean)}")
-print(f"shipped evaluation ({meta['n']} samples): circle {meta['circle_accuracy']:.1%}, "
-      f"background {meta['background_accuracy']:.1%}, disk IoU {meta['disk_iou']:.3f}, "
-      f"clean unprompted {meta['unprompted_clean_share']:.1%}")
 assert pf.background_accuracy >= 0.95 and pf.circle_accuracy >= 0.95    # the prompt's colours
 if not SMOKE:
     assert pf.mean_disk_iou >= 0.95 and pf.clean_share >= 0.95    # crisp disks with the prompt...
@@ -451,133 +623,40 @@ if not SMOKE:
     assert str(bootstrap_ci(un.clean)) == "0.92 [0.87, 0.96]"
 
 # %%
-fig = image_grid(torch.cat([generate(base, evaluation_prompts(12), steps=20, seed=0),
-                            generate(base, [""] * 12, guidance=1.0, steps=20, seed=1000)]),
-                 ncols=12, scale=1.0, suptitle="with the prompt (top) and with the empty prompt (bottom)")
+shown = evaluation_prompts(12)
+fig = image_grid(torch.cat([generate(base, shown, steps=20, seed=0), generate(base, [""] * 12, guidance=1.0, steps=20,
+                                                                              seed=1000)]),
+                 [wrap_prompt(p, 14) for p in shown] + [""] * 12, ncols=12, scale=1.0,
+                 row_labels=[f"the prompt above\nβ_cfg = {DEFAULT_GUIDANCE:g}", "the empty prompt\nβ_cfg = 1"])
 save_figure(fig, "01_prompted_and_unprompted")
 plt.show()
 
 # %% [markdown]
-# With its prompt the base draws what it is asked: both colours right in every sample,
-# a disk IoU of 0.96 (a ground-truth Fill50k image scores 1.0) and one clean disk on a
-# flat background in nearly every sample. With the empty prompt its disks are as round
-# (disk IoU 0.96), and 92 % of samples are one clean disk on a flat background, above
-# the 90 % we set as the target, though not beyond doubt: the interval on 112 samples
-# runs from 87 % to 96 %. The rest are two disks, a background split between two
-# colours, or a small disk too ragged to reach IoU 0.9. The unconditional model is the harder one to train: it sees only
-# the 30 % of samples whose prompt was dropped, and must choose among 56 colour pairs
-# on its own. Chapter 04 measures what it gives a ControlNet asked to work without a
-# prompt.
+# With its prompt the model draws what it is asked: both colours right in every sample,
+# a disk IoU of 0.96 and one clean disk on a flat background in nearly every sample.
+# With the empty prompt its disks are as round (disk IoU 0.96), and 92 % of samples are
+# one clean disk on a flat background, above the 90 % target, though not beyond doubt:
+# the interval runs from 87 % to 96 %. The unconditional model is the harder one to train: it sees only the 30 % of
+# samples whose prompt was dropped, and must choose among 56 colour pairs on its own.
 #
-# A second opinion: `tools/score_base.py` measures the shipped base with code that
-# shares nothing with `cnetlib.metrics` (it snaps every pixel to the nearest palette
-# colour and checks the circle's region is one 4-connected blob), and exits with an
-# error if a target is missed: `python tools/score_base.py`.
-#
-# ### What it took: the levers
-#
-# The first base of this book (8, 16, 32 channels, 1,500 steps, 15 % of prompts
-# dropped) followed its prompt's colours but drew ragged, speckled disks, and its
-# unconditional model drew muddled, many-coloured blobs. Each lever below was tried on
-# two CPU cores (`python -m cnetlib.experiments.base_levers`, results in
-# `data/base_levers.json`): short runs of equal wall-clock time that change one thing,
-# then the shipped recipe measured along its length and with and without EMA. Every row
-# is scored like section 7, on 56 samples each way (112 from step 5,500 on). (The short runs were first made by
-# an exploration script with the same loop and recipe; the module reruns any of them.)
-
-# %%
-from cnetlib.experiments.base_levers import LEVERS, load_results
-
-rows = load_results()
-print(f"{'model':<34}{'weights':>8}{'steps':>7}{'min':>6}{'disk IoU':>10}{'clean':>7}{'colours':>9}{'clean, no prompt':>18}")
-for r in rows:
-    minutes = f"{r['seconds'] / 60:.0f}" if r["seconds"] else "—"
-    print(f"{r['name']:<34}{r['weights']:>8}{r['steps']:>7}{minutes:>6}{r['disk_iou']:>10.3f}{r['clean_share']:>7.0%}"
-          f"{min(r['circle_accuracy'], r['background_accuracy']):>9.0%}{r['unprompted_clean_share']:>18.0%}")
-length = sorted((r for r in rows if r["name"] == "shipped recipe" and r["weights"] == "ema"), key=lambda r: r["steps"])
-FIRST_STOP = 5500   # where the run first stopped, and the base the book shipped before this one
-fig, ax = plt.subplots(figsize=(6.5, 3.2))
-ax.plot([r["steps"] for r in length], [r["disk_iou"] for r in length], "o-", color="C0", label="disk IoU, with prompt")
-ax.plot([r["steps"] for r in length], [r["unprompted_clean_share"] for r in length], "s-", color="C1",
-        label="clean disks, no prompt")
-ax.axvline(FIRST_STOP, color="0.5", lw=1)
-ax.text(FIRST_STOP, 0.05, " first stop: 5,500\n shipped: 8,000", fontsize=7, color="0.3")
-ax.axhline(0.95, color="C0", ls=":", lw=1)
-ax.axhline(0.90, color="C1", ls=":", lw=1)
-ax.set(xlabel="training step (EMA weights)", ylim=(0, 1.02), title="the shipped recipe along its 8,000-step schedule")
-ax.legend(fontsize=8)
-save_figure(fig, "01_base_levers")
-plt.show()
-row = {(r["name"], r["weights"], r["steps"]): r for r in rows}
-first = row[("first shipped base", "ema", 1500)]
-stop, stop_raw = row[("shipped recipe", "ema", FIRST_STOP)], row[("shipped recipe", "raw", FIRST_STOP)]
-end, end_raw = row[("shipped recipe", "ema", BASE_RECIPE.steps)], row[("shipped recipe", "raw", BASE_RECIPE.steps)]
-short = {name: row[(name, "ema", LEVERS[name].steps)] for name in LEVERS if (name, "ema", LEVERS[name].steps) in row}
-assert first["disk_iou"] < 0.86 and first["unprompted_clean_share"] < 0.05      # where we started
-assert all(r["disk_iou"] < 0.80 and r["unprompted_clean_share"] < 0.05 for r in short.values())  # 12 min is too short
-assert short["narrow, drop 30 %, Min-SNR-5"]["disk_iou"] < short["narrow, drop 15 %"]["disk_iou"] - 0.1
-assert all(b["disk_iou"] >= a["disk_iou"] - 0.005 for a, b in zip(length, length[1:]))   # length keeps paying
-assert stop_raw["unprompted_clean_share"] >= 0.9 > stop["unprompted_clean_share"]     # at 5,500 raw beat EMA unprompted
-wide = short["wide, drop 30 %"]
-print(f"the wide UNet has {wide['parameters'] / first['parameters']:.1f}× the parameters of the narrow one")
-assert round(wide["parameters"] / first["parameters"], 1) == 2.7
-print(f"first stop, step {FIRST_STOP:,} (EMA): disk IoU {stop['disk_iou']:.3f}, clean disks without a prompt "
-      f"{stop['unprompted_clean_share']:.0%}; raw weights {stop_raw['unprompted_clean_share']:.0%}")
-print(f"shipped, step {end['steps']:,} (EMA): disk IoU {end['disk_iou']:.3f}, colours "
-      f"{min(end['circle_accuracy'], end['background_accuracy']):.0%}, clean disks without a prompt "
-      f"{end['unprompted_clean_share']:.0%}; raw weights {end_raw['unprompted_clean_share']:.0%}")
-assert end["disk_iou"] >= 0.95 and end["unprompted_clean_share"] >= 0.90              # the targets, met at the end
-assert min(end["circle_accuracy"], end["background_accuracy"]) >= 0.95
-assert abs(end["unprompted_clean_share"] - end_raw["unprompted_clean_share"]) < 0.05  # the EMA has caught up
-assert abs(end["disk_iou"] - meta["disk_iou"]) < 1e-3   # the last row is the shipped checkpoint
-at = {step: row[("shipped recipe", "ema", step)] for step in (1000, 5000)}     # the numbers in the prose below
-assert [f"{r['disk_iou']:.2f}" for r in (at[1000], at[5000], stop, end)] == ["0.81", "0.95", "0.95", "0.96"]
-assert [f"{r['unprompted_clean_share']:.0%}" for r in (at[5000], end)] == ["84%", "92%"]
-assert 0.75 <= stop["unprompted_clean_share"] <= 0.85 and stop_raw["unprompted_clean_share"] >= 0.9
-
-# %% [markdown]
-# Read the table from the bottom up. The short runs (about 12 minutes each, each
-# changing the first base's recipe) all stay below the first base: none of them draws a clean disk, with or
-# without a prompt. Min-SNR weighting (γ = 5) does clear harm: it down-weights the
-# high-noise steps that decide a disk's colours and place, and its colours and disks
-# are the worst of the table. (We did not run the narrow UNet with a 30 % drop *without*
-# Min-SNR, so that row changes two things at once; the harm is large enough to blame
-# the weighting, but the table does not prove it.) At equal wall-clock time the wider
-# UNet (16, 32, 64 channels, 2.7× the parameters) is *behind* the narrow one: it makes
-# half as many steps. (That row also drops 30 % of the prompts against the narrow row's
-# 15 %, so it too changes two things; the halved step count is the likelier cause.)
-#
-# What worked is the combination, run long: the wide UNet, 30 % of prompts dropped so
-# that the unconditional model gets real training, and 8,000 steps. Along that run
-# (the EMA snapshots, top rows and figure) the disk IoU with a prompt climbs from 0.81
-# at step 1,000 to 0.95 at step 5,000 and 0.96 at the end, and the share of clean disks
-# without a prompt from 0 to 84 % at step 5,000 and 92 % at the end. The unprompted
-# share is the slow one, and noisy (a point estimate on 56 or 112 samples is good to
-# about ±5–7 points).
-#
-# The run first stopped at step 5,500, and the book shipped that EMA base for a while:
-# with the prompt it was as good (disk IoU 0.95), without one it drew a clean disk in only
-# four samples in five. One surprise, in the raw rows: at step 5,500 the **raw** weights
-# already drew clean disks without a prompt in nine samples out of ten. An EMA with decay
-# 0.999 averages roughly the last 1,000 steps, and while the unconditional model is
-# still improving fast that average lags behind. Continuing to the schedule's end (about
-# 1 more hour here) closed the gap: at step 8,000 the EMA and raw weights agree, and the
-# EMA meets every target. That is the base the book ships, and every ControlNet of
-# chapters 04–07 is trained on it.
-
-# %% [markdown]
 # ## 8 · Classifier-free guidance
 #
 # One network, two predictions: with the prompt (f_c) and with `""` (f_uc).
-# Classifier-free guidance extrapolates from one to the other,
+# **Classifier-free guidance** (CFG; Ho & Salimans, 2022) extrapolates from one to the
+# other,
 #
 # $$f = f_{uc} + \beta_{cfg}\,(f_c - f_{uc}),$$
 #
 # the paper's ε = ε_uc + β_cfg(ε_c − ε_uc) (`cnetlib.diffusion.classifier_free_guidance`).
-# The subscript keeps the guidance weight apart from the noise schedule's β_t of
-# section 2; chapters 04–07, where no schedule appears, write it plain β.
-# β_cfg = 0 is the unconditional model, β_cfg = 1 the conditional one, β_cfg > 1 pushes further
-# toward the prompt. How much does the prompt matter at each β_cfg?
+# f_c − f_uc is what the prompt changes in the prediction; β_cfg > 1 pushes further in
+# that direction, trading variety for closer prompt following. β_cfg = 0 is the
+# unconditional model, β_cfg = 1 the conditional one; with the empty prompt f_c = f_uc,
+# so every β_cfg gives the unconditional model (section 7 sampled it at β_cfg = 1). The
+# subscript keeps it apart from the schedule's β_t; chapters 04–07, with no schedule,
+# write plain β.
+#
+# **Predict before you run.** The conditional model (β_cfg = 1) already exists. Will
+# pushing beyond it, to β_cfg = 2, 3 or 5, make the colours more right?
 
 # %%
 scales = pick([0.0, 1.0, 2.0, 3.0, 5.0], [0.0, 3.0])
@@ -600,27 +679,31 @@ assert sweep[0.0].background_accuracy < 0.5
 assert sweep[3.0].background_accuracy > sweep[0.0].background_accuracy + 0.4
 assert sweep[3.0].circle_accuracy > sweep[0.0].circle_accuracy
 if not SMOKE:
-    assert sweep[1.0].circle_accuracy >= 0.95 and sweep[1.0].background_accuracy >= 0.95
+    assert all(sweep[b].circle_accuracy == sweep[b].background_accuracy == 1.0 for b in scales if b >= 1)
     assert min(sweep[b].mean_disk_iou for b in scales) >= 0.9
 
 # %% [markdown]
-# Move β_cfg and watch the same seeds: at β_cfg = 0 the colours are whatever the unconditional
-# model likes; from β_cfg = 1 on (the plain conditional model) they are the prompt's. The
-# disks themselves are as crisp at every β_cfg: guidance chooses colours here, not shapes.
+# No: on this toy, guidance matters only between 0 and 1. At β_cfg = 0 the colours are
+# near chance; from β_cfg = 1 on they are the prompt's in every sample, and larger β_cfg
+# changes neither colours nor disks, because the conditional model alone already follows
+# an 8-colour prompt perfectly. Stable Diffusion's conditional model follows its long,
+# varied prompts far less reliably, which is why SD is usually sampled at β_cfg ≈ 7.5
+# (a value from SD's practice, not measured here). Guidance will matter again in chapter
+# 06, where the ControlNet's residuals can go into f_c, f_uc or both.
+#
+# Move β_cfg (the range the sweep measured) and watch the same seeds; the title says
+# whether the value was measured.
 
 # %%
 from cnetlib.base import sample_grid
 
-fig = sample_grid(base, prompts[:6], guidance=DEFAULT_GUIDANCE, steps=pick(25, 10))
-plt.show()
-
-beta_slider = widgets.FloatSlider(value=DEFAULT_GUIDANCE, min=0.0, max=8.0, step=0.5, description="β_cfg",
-                                  continuous_update=False)
+beta_slider = widgets.FloatSlider(value=DEFAULT_GUIDANCE, min=min(scales), max=max(scales), step=0.5,
+                                  description="β_cfg", continuous_update=False)
 seed_box = widgets.IntText(value=0, description="seed")
 
 
 def show_guidance(beta: float, seed: int) -> None:
-    sample_grid(base, prompts[:6], guidance=beta, seed=seed, steps=pick(25, 10))
+    sample_grid(base, prompts[:6], guidance=beta, seed=seed, steps=pick(25, 10), measured=scales)
     plt.show()
 
 
@@ -628,14 +711,68 @@ display(widgets.VBox([widgets.HBox([beta_slider, seed_box]),
                       widgets.interactive_output(show_guidance, {"beta": beta_slider, "seed": seed_box})]))
 
 # %% [markdown]
-# ## What we have
+# > **Key takeaways**
+# >
+# > * The forward process is one line, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε; SD's linear
+# >   schedule leaves 6.8 % of the image at "pure noise", enough to leak colour.
+# > * The toy model predicts v with a cosine schedule; x̂_0 and ε̂ follow from v̂ and x_t
+# >   in one line each, and every sampler is built from them.
+# > * A UNet's skips and middle block are where ControlNet adds residuals: 7 on the toy,
+# >   13 on SD.
+# > * DDIM samples as well as DDPM here in 50 steps instead of 1,000; the colours are
+# >   settled before the outline.
+# > * Classifier-free guidance extrapolates from the unconditional to the conditional
+# >   prediction; on this toy β_cfg = 1 already follows the prompt.
 #
-# * `cnetlib.data`: Fill50k-style pairs at any size, in memory or in the authors' layout.
-# * `cnetlib.diffusion`: schedules, `q_sample`, the loss, DDPM, DDIM, classifier-free guidance.
-# * `cnetlib.unet.ToyUNet`: an SD-shaped UNet whose forward pass takes one residual per
-#   skip connection and one for the middle block.
-# * `data/base_unet.pt`: a base that draws crisp disks in the colours its prompt asks
-#   for (and, without a prompt, a clean disk nine times in ten) — but it has no idea
-#   *where* to put the circle or how big to make it. Telling it
-#   that, with an outline image, without touching its weights, is ControlNet's job.
-#   Chapter 02 starts with the trick that makes it safe: the zero convolution.
+# ## Exercises
+#
+# Replace each stub's `raise NotImplementedError` (or `None`) and rerun its cell: the
+# checker compares your answer with the library. Solutions:
+# `solutions/01_diffusion_basics.py`.
+#
+# ### Exercise 01.1 · From ε to x̂_0 and v [checked]
+#
+# SD 1.5 predicts ε, not v. Write `my_eps_to_x0_v(eps, x_t, alpha_bar)`, returning the x̂_0
+# and the v that a prediction ε̂ implies at (x_t, ᾱ_t).
+
+# %%
+from cnetlib.exercises import check
+
+
+def my_eps_to_x0_v(eps, x_t, alpha_bar):
+    raise NotImplementedError("your code here: return x0_hat, v")
+
+
+check("01.1", my_eps_to_x0_v)
+
+# %% [markdown]
+# ### Exercise 01.2 · Log SNR [checked]
+#
+# Write `my_log_snr(alpha_bar)`, the natural log of the signal-to-noise ratio of section 3.
+
+# %%
+def my_log_snr(alpha_bar):
+    raise NotImplementedError("your code here")
+
+
+check("01.2", my_log_snr)
+
+# %% [markdown]
+# ### Exercise 01.3 · Half-way [checked]
+#
+# Under SD's linear schedule, what share of x_0's amplitude is left at t = 500 (√ᾱ_500)?
+# Guess first, then compute it.
+
+# %%
+answer = None   # your number
+check("01.3", answer)
+
+# %% [markdown]
+# ### Exercise 01.4 · Does the leak hurt? [open]
+#
+# Train the model for 500 steps on each schedule, with `train_base(replace(BASE_RECIPE,
+# steps=500), config=replace(BASE_RECIPE.config(), schedule=...))` for "linear" and
+# "cosine", and compare their colour accuracy with `evaluate_prompt_following(model, 56)`.
+# Does the leaked colour make the linear model ignore its prompt?
+#
+# **Next:** chapter 02 attaches the first piece of ControlNet, the zero convolution.

@@ -9,44 +9,39 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/controlnet-book/controlnet-book/blob/main/chapters/05_why_sudden.ipynb)
+#
 # # 05 · Why is convergence sudden? The mechanism, measured
 #
 # Chapter 04 showed *that* the toy ControlNet jumps: for hundreds of steps its samples
 # ignore the outline, then within a few hundred steps they follow it. The paper shows
-# the same (its Figure 4, §3.3 Training) and explains nothing; users of the
-# reference code keep asking what is happening and when to stop training
-# (lllyasviel/ControlNet#215, huggingface/diffusers#3591). No public source measures it.
-#
-# Two stories fit chapter 04's curves:
+# the same (§3.3, its Figure 4) and explains nothing; users of the reference code keep
+# asking what is happening and when to stop training (lllyasviel/ControlNet#215,
+# huggingface/diffusers#3591). Two stories fit chapter 04's curves:
 #
 # * **the network changes abruptly**: for a long time the ControlNet does not use the
-#   condition at all, then it learns to, quickly;
-# * **the sampler makes the jump**: the network's use of the condition grows smoothly
-#   from the first step, and the 20 DDIM steps turn a growing control into a
-#   yes-or-no decision per sample ("does the disk go where the outline is?") once it
-#   crosses some threshold.
+#   condition, then it learns to, quickly;
+# * **the sampler makes the jump**: the network's use of the condition grows smoothly,
+#   and the 20 DDIM steps turn it into a yes-or-no decision per sample once it crosses
+#   some threshold.
 #
 # They predict different things, and we can measure each. We retrain chapter 04's runs
-# (its recipe, its seeds) keeping the ControlNet every 25 steps, and measure every
-# snapshot twice over:
+# keeping the ControlNet every 25 steps (a **snapshot**), and measure every snapshot
+# twice: the network without sampling (how much the right outline lowers the loss, how
+# much the condition features c_f = E(c) vary with the outline, the connectors, the
+# residuals), and the sampler (16 noise draws per outline, and the control scaled by a
+# factor α).
 #
-# * **the network, without sampling**: how much lower the denoising loss is with the
-#   right outline than with another image's outline, per band of noise levels; how much
-#   the condition features c_f = Z(E(c); Θz1) vary from outline to outline; the
-#   connectors' weights; the size of the residuals they add to the frozen features;
-# * **the sampler**: each of 8 held-out outlines sampled with 16 noise draws (so each
-#   outline gets a probability of being followed), and again with the control scaled
-#   by α ∈ {0.5, 1, 2, 4, 8}. If the network already carries a weak but correct control,
-#   a larger α must bring the following earlier.
-#
-# Section 7 then changes the recipe one thing at a time (learning rate, loss weighting,
-# timesteps, connectors, prompts, data) to see what moves the jump, and probes the
-# explanations others have published, on three seeds each where a verdict needs them.
+# **You will learn** to tell a network's change from a sampler's, to read a quantity
+# that grows from 10⁻⁷ on a log axis, and a cheap signal that announces the jump before
+# samples show it. **You need** chapters 02–04. What changes the jump (learning rate,
+# loss weighting, timesteps, connectors, prompts, data) is in
+# [appendix A05](A05_recipe_variants.ipynb).
 #
 # **Time on a 2-core CPU:** by default the chapter reads the measured curves shipped in
-# `data/mechanism/` and runs one live measurement: about a minute. With
+# `data/mechanism/` and runs one live measurement: under a minute. With
 # `USE_SHIPPED = False` it retrains and measures every run (the next cell prints the
-# cost). Smoke mode (CI) always reads the shipped curves.
+# cost).
 
 # %%
 # On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
@@ -60,8 +55,9 @@ if "google.colab" in sys.modules:
     if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
         subprocess.run(["rm", "-rf", book], check=True)
         repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-        if subprocess.run(["git", "clone", "--depth", "1", repo, book]).returncode:
-            raise RuntimeError(f"could not clone the book from {repo} (git's message is above): set the "
+        clone = subprocess.run(["git", "clone", "--depth", "1", repo, book], capture_output=True, text=True)
+        if clone.returncode:
+            raise RuntimeError(f"could not clone the book from {repo} (git: {clone.stderr.strip()[-300:]}): set the "
                                "CNETLIB_REPO environment variable to the book's URL, a fork or a mirror, and rerun")
     if book not in sys.path:
         sys.path.insert(0, book)
@@ -83,8 +79,7 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # %% [markdown]
 # **Shipped curves or your own?** Seeds 0, 1 and 2 are chapter 04's training seeds and
 # carry every measurement; seeds 3 and 4 are held out: section 6 uses them to test an
-# early warning calibrated on the first three (section 7 also counts them in its
-# yardstick). Each seed's `curves.json` is written by
+# early warning calibrated on the first three. Each seed's `curves.json` is written by
 #
 # ```
 # python -m cnetlib.experiments.mechanism --seed S --out data/mechanism/seedS
@@ -106,6 +101,23 @@ minutes = {s: (c["train_seconds"] + sum(r["seconds"] for r in c["snapshots"])) /
 print(f"{len(shipped)} seeds; training and measuring each took {min(minutes.values()):.0f} to "
       f"{max(minutes.values()):.0f} min on 2 CPU cores ({sum(minutes.values()):.0f} min in all)")
 curves = {s: load_curves(s, train=True) for s in SEEDS + HELD_OUT} if TRAIN else shipped
+
+# %% [markdown]
+# What is measured where: the condition's path through the ControlNet (orange) into the
+# frozen model (blue), with the network's measurements at each stage, then the sampler.
+
+# %%
+from cnetlib.diagrams import flow_diagram
+
+fig = flow_diagram([("control image c", "neutral"), ("E(c) = c_f\noutline content of c_f", "trainable"),
+                    ("copy Θc", "trainable"), ("connectors Z\nresidual ratio ‖r_i‖/‖h_i‖", "zero"),
+                    ("frozen model → v̂\ncondition gain", "frozen"),
+                    ("sampler: 20 DDIM steps\n16 draws, control × α", "neutral")],
+                   per_row=6, title="the network's measurements (left) and the sampler's (right)",
+                   notes=["condition gain = loss with another image's outline − loss with the right one, "
+                          "per band of noise levels (0 at step 0: zero convolutions)"])
+save_figure(fig, "05_what_is_measured")
+plt.show()
 
 # %% [markdown]
 # ## 1 · The same runs, with snapshots
@@ -171,14 +183,19 @@ print(f"measured with torch {curves[SEEDS[0]]['torch']}")
 #            float(F.mse_loss(model(x_t, t, context, cond), target)),
 #            float(F.mse_loss(model(x_t, t, context, shuffled(cond)), target))]
 #   ```
-# * **outline content of c_f**: ‖c_f − mean(c_f)‖ / ‖h_0‖, the part of the condition features
-#   c_f = Z(E(c); Θz1) that differs from outline to outline, next to the features h_0 of
-#   the trainable copy it is added to (a bias or any constant in c_f carries no outline);
+# * **outline content of c_f**: ‖c_f − mean(c_f)‖ / ‖h_0‖, the part of the condition
+#   features c_f = E(c) (E's last layer is the zero conv Z(·; Θz1)) that differs from
+#   outline to outline, next to the features h_0 of the trainable copy it is added to (a
+#   bias or any constant in c_f carries no outline);
 # * **residual ratio** ‖r_i‖ / ‖h_i‖ and the connectors' per-weight RMS (section 4).
 #
 # And with the sampler: the mean IoU of 8 outlines × 16 noise draws, 20 DDIM steps,
 # mode "both", β = 3 (chapter 04's probe), every 50 steps. Each curve is rescaled to
 # rise from 0 to 1 and timed with chapter 04's detector.
+#
+# **Predict before you run.** If the sampler makes the jump, the network's curves rise
+# smoothly and early, the samples' late and sharp. If the network does, both rise
+# together. Which do you expect?
 
 # %%
 from cnetlib.mechanism import BANDS
@@ -289,6 +306,9 @@ print(f"seed 0 creeps up before the jump: {g[st == 375][0]:.1e} at step 375, {g[
 # sampler only needed it to be larger, multiplying the residuals by α > 1 at sampling
 # time would make the samples follow the outline earlier. Every 100 steps each outline
 # was also sampled with α ∈ {0.5, 2, 4, 8} (8 draws each):
+#
+# **Predict before you run.** During the flat phase, will α = 8 make the samples follow
+# the outline?
 
 # %%
 from cnetlib.experiments.mechanism import ALPHAS
@@ -540,638 +560,102 @@ assert all(e < c for e, c in zip(errors, constant_errors)) and max(errors) <= 75
 # reader sees the gain cross 10⁻⁵ and must wait a few evaluations to know it stays
 # (seed 0 touched it at step 75 and seed 1 at step 300, and both fell back); an online
 # rule of that kind is not tested here. And the rule is calibrated on three seeds and
-# tested on two, of one recipe; section 7 checks it on other recipes.
+# tested on two, of one recipe; appendix A05 checks it on other recipes.
 
 # %% [markdown]
-# ## 7 · Changing the recipe: what moves the jump?
+# ## 7 · What the toy shows
 #
-# Sections 2 to 6 measured one recipe. The questions left change it, one thing at a
-# time, and watch the same landmarks: the **switch** (the high-noise gain stays above
-# 10⁻³), the **jump** (the mean sampled IoU, after chapter 04's 3-point running median,
-# stays above 0.6, about halfway from an uncontrolled sample's 0.35 to a finished run's
-# 0.9; a fixed level rather than section 2's 50 % of each run's own rise, because the
-# variants end at different heights, so seed 1's jump reads 600 here instead of 650)
-# and the **climb** (steps per factor of ten of the gain from 10⁻⁶ to 10⁻², section 2's
-# measure; a gain that idles inside that window before taking off reads slow). Twelve
-# variants, each with one change to chapter 04's recipe, all run from seed 1 (the median
-# jump of the recipe's five seeds), and measured like the held-out seeds but lighter: a
-# snapshot every 50 steps, 16 outlines × 2 noise draws (other outlines than the recipe's
-# 8, so their IoU curves start a little higher, which favours them slightly at the 0.6
-# level; the switch, read from the gain on the same 64 pairs, compares fairly), the gain
-# on those 64 pairs × 2 noise draws. The yardstick is the recipe's own seed-to-seed
-# spread, so the learning-rate sweep and the variants that bear on chapter 04's
-# ablations and the published explanations were run on seeds 2 and 3 as well (the
-# next subsection and "Three seeds each").
-#
-# ```
-# python -m cnetlib.experiments.mechanism --variants            # all of them, every seed
-# python -m cnetlib.experiments.mechanism --variant x0_loss     # one of them, on seed 1
-# ```
-
-# %%
-from cnetlib.experiments.mechanism import RECIPE_VARIANTS, VARIANT_EXTRA_SEEDS, VARIANT_SEED, load_variant, recipe
-from cnetlib.mechanism import LEVELS, landmarks
-from cnetlib.train import controlnet_lr, cumulative_lr
-
-variants = {name: load_variant(name, train=TRAIN) for name in RECIPE_VARIANTS}
-marks = {name: landmarks(c) for name, c in variants.items()}
-ref = {s: landmarks(curves[s]) for s in SEEDS + HELD_OUT}
-seeds_of = {n: [VARIANT_SEED, *sorted(s for s, names in VARIANT_EXTRA_SEEDS.items() if n in names)] for n in RECIPE_VARIANTS}
-runs = {(n, s): variants[n] if s == VARIANT_SEED else load_variant(n, s, train=TRAIN) for n in RECIPE_VARIANTS for s in seeds_of[n]}
-at = {k: marks[k[0]] if k[1] == VARIANT_SEED else landmarks(c) for k, c in runs.items()}   # every run's landmarks
-spread = {k: (min(m[k] for m in ref.values()), max(m[k] for m in ref.values())) for k in ("switch", "jump")}
-cost = sum(c["train_seconds"] + sum(r["seconds"] for r in c["snapshots"]) for c in variants.values()) / 60
-print(f"the recipe over seeds 0–4: switch at steps {spread['switch'][0]}–{spread['switch'][1]}, jump at "
-      f"{spread['jump'][0]}–{spread['jump'][1]}; seed {VARIANT_SEED}: switch {ref[VARIANT_SEED]['switch']}, "
-      f"jump {ref[VARIANT_SEED]['jump']}")
-print(f"{len(variants)} variants of seed {VARIANT_SEED}, {cost:.0f} min of training and measuring on 2 CPU cores")
-
-
-def dash(v, fmt: str = "d") -> str:
-    """A landmark in this section's tables: "—" for a run that never got there."""
-    return "—" if v is None else format(v, fmt)
-
-# %% [markdown]
-# ### Steps or learning rate?
-#
-# One account of the plateau (section 8 gives it in full): the outline reaches the loss
-# only through a product of pieces that start at or near zero (Θz1, the trainable copy's
-# use of c_f, the connectors Z), and such a product grows slowly while it is small, then
-# fast. If so, what sets the plateau's length is how far the optimiser has moved those
-# pieces, and AdamW moves each weight by about the learning rate per step whatever the
-# gradient's size. Then the switch (and so the jump) should come at a fixed cumulative
-# learning rate Σ lr, the learning rate summed over the steps so far (for a constant
-# rate: rate × step), not at a fixed step. Four constant learning rates, 1.5, 3, 6 and
-# 12·10⁻³ (the recipe: 3·10⁻³ on a cosine), each on seeds 1, 2 and 3; the two larger
-# rates run 800 steps, the others 1,200. Besides the switch (the gain *stays* above
-# 10⁻³), the table reads the **opening**: the first step at which the gain reaches 10⁻³,
-# whether or not it stays (`landmarks`' `opening`). The left panels plot the IoU
-# against the step and against Σ lr (the recipe's curves start lower, at 0.35, because
-# its probe uses other outlines, as said above); the right one sets each run's opening
-# against its rate, with the line each account predicts through the median of the runs
-# that opened.
-#
-# The p values come from an exact trend test (`cnetlib.mechanism.trend_test`,
-# Jonckheere–Terpstra). Its statistic counts, over every pair of runs at different
-# rates, how often the run at the higher rate has the later value (ties half); the test
-# deals the twelve values out to the four rates in every possible way (369,600 ways) and
-# asks how often the count comes out at least as high ("rising") or at least as low
-# ("falling") as measured. The table gives both one-sided p values and the two-sided
-# one (twice the smaller). A run that never got there counts as later than any run that
-# did. On the Σ lr axis that is exact (their Σ lr by step 800 already exceeds every
-# measured one); on the step axis it is a guess, since placing them anywhere from step
-# 801 to 1,100 changes their rank against the openings at 1,000 and 1,100 steps of the
-# smallest rate, so the table also places them just past their last step, the placement
-# most favourable to a falling trend.
-
-# %%
-from cnetlib.mechanism import trend_test
-
-
-def sum_lr(name: str | None, steps) -> np.ndarray:
-    """Σ lr after each of ``steps`` in the run of recipe variant ``name`` (None: the recipe)."""
-    r = recipe(name)
-    return np.array([cumulative_lr(int(s), r["steps"], r["lr"], r["lr_schedule"]) for s in np.atleast_1d(steps)])
-
-
-LRS = sorted((n for n in RECIPE_VARIANTS if n.startswith("lr_")), key=lambda n: recipe(n)["lr"])
-LR_SEEDS = seeds_of[LRS[0]]
-SEED_COLORS = {0: "C4", 1: "C0", 2: "C1", 3: "C2", 4: "C3"}
-SEED_LINES, SEED_MARKERS = {1: "-", 2: "--", 3: ":"}, {1: "o", 2: "s", 3: "D"}
-lr_at = {(n, s): at[(n, s)] for n in LRS for s in LR_SEEDS}
-for (n, s), m in lr_at.items():   # Σ lr there; a run that never got there: Σ lr at its last step (a lower bound)
-    m.update({f"sum_{k}": float(sum_lr(n, m[k] or m["last_step"])[0]) for k in ("switch", "opening", "jump")})
-lr_of = {n: recipe(n)["lr"] for n in LRS}
-fig, axes = plt.subplots(1, 3, figsize=(15.5, 3.8))
-lr_color = {}
-for s in LR_SEEDS:
-    for name in [None, *LRS]:
-        si, iou = curve(curves[s] if name is None else runs[(name, s)], "iou")
-        style = {"color": "k", "lw": 1.8} if name is None else {"lw": 1.1, "color": lr_color.get(name)}
-        label = (None if s != VARIANT_SEED else "lr 3·10⁻³ cosine (the recipe)" if name is None
-                 else f"lr {lr_of[name] * 1e3:g}·10⁻³ constant")
-        line, = axes[0].plot(si, iou, SEED_LINES[s], label=label, **style)
-        lr_color.setdefault(name, line.get_color())
-        axes[1].plot(sum_lr(name, si), iou, SEED_LINES[s], **style)
-TOP = 2000   # where a run that never opened is drawn: above every opening
-for n in LRS:
-    for s in LR_SEEDS:
-        m, x = lr_at[(n, s)], lr_of[n] * (1 + 0.06 * (s - 2))   # seeds side by side
-        axes[2].plot(x, m["opening"] or TOP, SEED_MARKERS[s] if m["opening"] else "^", color=lr_color[n],
-                     mfc=lr_color[n] if m["switch"] is not None else "none", ms=7)
-for s in LR_SEEDS:   # legend entries: shape = seed, hollow = lost again, ▲ = never
-    axes[2].plot([], [], SEED_MARKERS[s], color="0.4", label=f"seed {s}")
-axes[2].plot([], [], "o", color="0.4", mfc="none", label="opened, then lost")
-axes[2].plot([], [], "^", color="0.4", mfc="none", label="never opened (drawn at the top)")
-opened = [m for m in lr_at.values() if m["opening"] is not None]
-mid_step = float(np.median([m["opening"] for m in opened]))
-mid_sum = float(np.median([m["sum_opening"] for m in opened]))
-grid = np.geomspace(min(lr_of.values()) * 0.8, max(lr_of.values()) * 1.25, 20)
-axes[2].plot(grid, np.full_like(grid, mid_step), "k-", lw=0.8, label="the same step at every rate (median of the opened)")
-axes[2].plot(grid, mid_sum / grid, "k--", lw=0.8, label="the same Σ lr at every rate (median of the opened)")
-for ax in axes[:2]:
-    ax.axhline(LEVELS["iou"], color="0.6", lw=0.8)
-axes[0].set(xlabel="training step", ylabel="mean sampled IoU", title="seeds 1 (—), 2 (--), 3 (··), against the step")
-axes[1].set(xlabel="Σ lr", title="against the cumulative learning rate")
-axes[2].set(xscale="log", yscale="log", xlabel="constant learning rate (·10⁻³)", ylabel="step of the opening",
-            title="when the gain first reaches 10⁻³")
-axes[2].set_xticks(list(lr_of.values()), [format(v * 1e3, "g") for v in lr_of.values()])
-axes[2].set_xticks([], minor=True)
-axes[0].legend(fontsize=7)
-axes[2].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-fig.tight_layout()
-save_figure(fig, "05_learning_rate")
-plt.show()
-
-print(f"{'run':<22}{'steps':>6}{'opening':>15}{'switch':>15}{'Σ lr at opening':>22}{'jump':>15}{'IoU at end':>17}")
-print(f"{'the recipe, cosine':<22}{recipe()['steps']:>6}{'/'.join(dash(ref[s]['opening']) for s in LR_SEEDS):>15}"
-      f"{'/'.join(dash(ref[s]['switch']) for s in LR_SEEDS):>15}"
-      f"{'/'.join(format(float(sum_lr(None, ref[s]['opening'])[0]), '.2f') for s in LR_SEEDS):>22}"
-      f"{'/'.join(dash(ref[s]['jump']) for s in LR_SEEDS):>15}{'/'.join(format(ref[s]['iou_end'], '.2f') for s in LR_SEEDS):>17}")
-for n in LRS:
-    ms = [lr_at[(n, s)] for s in LR_SEEDS]
-    print(f"{'lr ' + format(lr_of[n] * 1e3, 'g') + '·10⁻³ constant':<22}{recipe(n)['until']:>6}"
-          f"{'/'.join(dash(m['opening']) for m in ms):>15}{'/'.join(dash(m['switch']) for m in ms):>15}"
-          f"{'/'.join(('' if m['opening'] else '≥') + format(m['sum_opening'], '.2f') for m in ms):>22}"
-          f"{'/'.join(dash(m['jump']) for m in ms):>15}{'/'.join(format(m['iou_end'], '.2f') for m in ms):>17}")
-lost = {k: m for k, m in lr_at.items() if m["switch"] is None}
-lost_at, peak = {}, {}
-for k, m in lost.items():   # a run that did not switch: did its gain never rise, or rise and fall back?
-    st, g = curve(runs[k], "gain:high noise")
-    si, iou = curve(runs[k], "iou")
-    after = st[(st > (m["opening"] or st[-1])) & (g < LEVELS["switch"])]
-    lost_at[k], peak[k] = (int(after[0]) if m["opening"] is not None and len(after) else None), float(g.max())
-    print(f"{k[0]}, seed {k[1]}: no switch by step {m['last_step']}; the gain peaked at {g.max():.1e} (step "
-          f"{st[np.argmax(g)]}), " + (f"was below 10⁻³ again at step {lost_at[k]}, " if lost_at[k] else "")
-          + f"and ended at {g[-1]:.0e}; the IoU peaked at {iou.max():.2f} (step {si[np.argmax(iou)]}) and ended at {m['iou_end']:.2f}")
-spread_lr = {n: np.ptp([lr_at[(n, s)]["switch"] for s in LR_SEEDS]) for n in LRS[:2]}
-for n in LRS[:2]:
-    o = [lr_at[(n, s)]["switch"] for s in LR_SEEDS]
-    assert o == [lr_at[(n, s)]["opening"] for s in LR_SEEDS]   # below 6e-3 the opening is the switch
-    print(f"lr {lr_of[n] * 1e3:g}·10⁻³: the three seeds switch (and open) at steps {min(o)}–{max(o)}, {spread_lr[n]} apart")
-
-# Do the values fall (or rise) with the learning rate? A run that never got there counts as latest;
-# for the step it may also count as just past its last step, the placement most favourable to a falling trend.
-tests_lr = {}
-for k in ("switch", "opening"):
-    late = {"latest": None, "just past": lambda m: m["last_step"] + 1}
-    for where, fill in late.items():
-        tests_lr[(k, "step", where)] = trend_test([[lr_at[(n, s)][k] if lr_at[(n, s)][k] is not None or fill is None
-                                                     else fill(lr_at[(n, s)]) for s in LR_SEEDS] for n in LRS])
-    tests_lr[(k, "Σ lr", "latest")] = trend_test([[lr_at[(n, s)][k] and lr_at[(n, s)][f"sum_{k}"] for s in LR_SEEDS] for n in LRS])
-print(f"{'trend over the four rates':<44}{'p falling':>10}{'p rising':>10}{'p two-sided':>13}")
-for (k, axis, where), t in tests_lr.items():
-    label = f"{k} {'step' if axis == 'step' else 'Σ lr'}" + (f" (never: {where})" if axis == "step" else "")
-    print(f"{label:<44}{t['p_falling']:>10.3f}{t['p_rising']:>10.3f}{t['p']:>13.3f}")
-med = {n: (float(np.median([lr_at[(n, s)]["opening"] or np.inf for s in LR_SEEDS])),
-           float(np.median([lr_at[(n, s)]["sum_opening"] if lr_at[(n, s)]["opening"] else np.inf for s in LR_SEEDS]))) for n in LRS}
-print("median opening: " + "; ".join(f"lr {lr_of[n] * 1e3:g}·10⁻³: step {med[n][0]:.0f}, Σ lr {med[n][1]:.2f}" for n in LRS)
-      + f"; steps {med[LRS[0]][0] / med[LRS[-1]][0]:.1f}× fewer at {lr_of[LRS[-1]] / lr_of[LRS[0]]:.0f}× the rate")
-# The slope β of log(opening step) against log(rate): -1 if Σ lr set the opening, 0 if the step did. Compatible
-# with the runs: every β at which the openings divided by rate^β show no trend (two-sided p >= 0.05).
-BETAS = np.round(np.arange(-2, 1.001, 0.05), 2)
-
-
-def compatible_slopes(just_past: bool) -> list[float]:
-    """The β on the grid that the trend test does not reject; a run that never opened: latest, or just past its end."""
-    keep = []
-    for beta in BETAS:
-        values = [[None if m["opening"] is None and not just_past else
-                   round(float(np.log(m["opening"] or m["last_step"] + 1) - beta * np.log(lr_of[n])), 9)
-                   for m in (lr_at[(n, s)] for s in LR_SEEDS)] for n in LRS]
-        if trend_test(values)["p"] >= 0.05:
-            keep.append(float(beta))
-    return keep
-
-
-slopes = {where: compatible_slopes(where == "just past") for where in ("latest", "just past")}
-print("slope of log(opening step) against log(rate) (Σ lr: −1, step: 0), compatible at the 5 % level: "
-      + "; ".join(f"{v[0]:.2f} to {v[-1]:.2f} (never: {w})".replace("-", "−") for w, v in slopes.items()))
-print(f"a 50-step snapshot is {50 * lr_of[LRS[-1]]:.1f} of Σ lr at the largest rate, {50 * lr_of[LRS[0]]:.3f} at the smallest; "
-      f"six tests at p = {tests_lr[('opening', 'step', 'just past')]['p_falling']:.4f} each: "
-      f"{6 * tests_lr[('opening', 'step', 'just past')]['p_falling']:.2f} after Bonferroni")
-twin = recipe()   # the recipe: the same 3e-3 on a cosine
-pairs = [(s, lr_at[("lr_3e-3", s)]["switch"], ref[s]["switch"]) for s in LR_SEEDS]
-gap = {s: 1 - controlnet_lr(min(c, r), twin["steps"], twin["lr"], twin["lr_schedule"]) / twin["lr"] for s, c, r in pairs}
-print("lr 3·10⁻³ constant against the recipe (3·10⁻³ on a cosine), same seed: switches "
-      + "; ".join(f"{c} and {r} (seed {s}: the cosine {gap[s]:.0%} lower at step {min(c, r)})" for s, c, r in pairs))
-held = [(n, s) for n in LRS for s in LR_SEEDS if lr_at[(n, s)]["switch"] is not None]
-assert set(held) >= {(n, s) for n in LRS[:2] for s in LR_SEEDS}                 # up to 3e-3 every run switches
-assert all(n in LRS[2:] for n, _ in lost) and len(lost) == 3                     # above it, half of them do not
-assert {k for k, m in lost.items() if m["opening"] is not None} == {("lr_6e-3", 2), ("lr_1.2e-2", 3)}   # opened, lost
-assert curve(runs[("lr_1.2e-2", 3)], "iou")[1].max() > 0.7 and lr_at[("lr_1.2e-2", 3)]["iou_end"] < 0.3
-assert min(spread_lr.values()) > 600                                              # the seed: more than half a run
-assert round(peak[("lr_6e-3", 1)] / 1e-4, 1) == 1.0 and round(peak[("lr_6e-3", 2)] / 1e-3, 1) == 1.7
-assert lost_at[("lr_6e-3", 2)] == 350 and lr_at[("lr_1.2e-2", 3)]["opening"] == 100 and lost_at[("lr_1.2e-2", 3)] == 550
-for k in ("switch", "opening"):   # "never" counted as latest on the Σ lr axis is exact: its lower bound beats every value
-    assert min(m[f"sum_{k}"] for m in lr_at.values() if m[k] is None) > max(m[f"sum_{k}"] for m in lr_at.values() if m[k])
-quoted = {("switch", "step", "latest", "p"): 0.968, ("switch", "step", "just past", "p_falling"): 0.094,
-          ("switch", "Σ lr", "latest", "p_rising"): 0.073, ("opening", "step", "latest", "p_falling"): 0.055,
-          ("opening", "step", "just past", "p_falling"): 0.019, ("opening", "Σ lr", "latest", "p"): 0.352,
-          ("opening", "Σ lr", "latest", "p_rising"): 0.176}
-assert {k: round(tests_lr[k[:3]][k[3]], 3) for k in quoted} == quoted                   # the p values the prose quotes
-assert min(t["p"] for t in tests_lr.values()) == tests_lr[("opening", "step", "just past")]["p"] < 0.05
-assert round(6 * tests_lr[("opening", "step", "just past")]["p_falling"], 2) == 0.12     # not significant after six tests
-assert round(med[LRS[0]][0] / med[LRS[-1]][0], 1) == 6.7
-assert 0.85 < min(v[1] for v in med.values()) and max(v[1] for v in med.values()) < 1.85
-for v in slopes.values():   # one unbroken interval on the grid
-    assert np.allclose(np.diff(v), 0.05)
-assert (slopes["latest"][0], slopes["latest"][-1], slopes["just past"][-1]) == (-1.55, 0.10, -0.05)
-assert pairs[0][1:] == (200, 475) and gap[VARIANT_SEED] < 0.065 and pairs[2][1] == pairs[2][2]
-assert pairs[1][1] - pairs[1][2] == 525
-
-# %% [markdown]
-# **Neither axis lines the switches up, and three seeds per rate cannot choose between
-# them.** At the two smallest rates every run switches and holds, and the seed moves the
-# switch by 650 and 900 steps (450 to 1100 at 1.5·10⁻³, 200 to 1100 at 3·10⁻³), more
-# than half a run. If Σ lr set the switch, it would take eight times fewer steps at
-# 12·10⁻³ than at 1.5·10⁻³. The switch steps show no detectable trend with the rate
-# (two-sided p = 0.968 with the runs that never switched counted as latest; one-sided
-# p = 0.094 for a fall even with them placed just after step 800). Σ lr at the switch
-# rises with the rate, as the step account would have it, but short of significance
-# (one-sided p = 0.073; the three runs that never switched count as latest here, and
-# two of them had opened the path and lost it, as the next paragraph shows).
-#
-# Above 3·10⁻³ something else happens: three of the six runs never switch. On seed 1,
-# 6·10⁻³ lifts the gain to 1.0·10⁻⁴ at most. On seed 2 it reaches 1.7·10⁻³ at step 300
-# and is below 10⁻³ again at the next snapshot, step 350. 12·10⁻³ on seed 3 opens the
-# path at step 100 and climbs to a mean IoU of 0.71 at step 400; by step 550 the gain is
-# below 10⁻³ again and the IoU ends at 0.25, below an uncontrolled sample's: a constant
-# rate that large undid what it had learnt. So at large rates the switch, which asks
-# that the gain stays up, mixes two questions: when the path opens, and whether
-# training keeps it open.
-#
-# Read only the first, the opening, and the direction the Σ lr account predicts
-# appears: the median opening falls from step 1000 at 1.5·10⁻³ to 150 at 12·10⁻³, 6.7
-# times fewer steps at 8 times the rate, while the median Σ lr at the opening stays
-# between 0.90 and 1.80. The falling trend in steps has a one-sided p of 0.055, and at
-# best 0.019 if the run that never opened would have done so just after step 800
-# (unlikely: its gain peaked at step 200 and then fell). Σ lr at the opening shows no
-# detectable trend (two-sided p = 0.352, one-sided 0.176 for a rise), as the Σ lr
-# account predicts; but three seeds cannot rule out a rise as steep as the step account
-# predicts, as an interval shows. Take the slope of log(opening step) against log(rate):
-# −1 if Σ lr sets the opening, 0 if the step does. Every slope at which the openings
-# divided by rate^slope show no trend (two-sided p ≥ 0.05) is compatible with the runs:
-# a 95 % confidence interval, to the nearest 0.05, from −1.55 to 0.10, assuming the
-# seeds scatter log(opening) alike at every rate. It allows for the never-opened run
-# wherever it would have opened (placed just after step 800, the best case for a
-# falling trend, the upper end moves to −0.05). The Σ lr account's −1 lies well inside;
-# the step account's 0 lies inside, near the edge. Three cautions keep the lean towards
-# Σ lr a lead rather than a finding: the opening was chosen after seeing the runs that
-# lost their switch; it is one of six overlapping tests in the table (0.0195 six times
-# over is 0.12); and a snapshot every 50 steps reads an opening at step 100 to within
-# about half its value but one at step 1000 to within a twentieth, and adds up to 0.6 of
-# Σ lr at 12·10⁻³ against 0.075 at 1.5·10⁻³, which pushes Σ lr up at large rates,
-# towards the step account. The seed still dominates: Σ lr at the opening spans 0.60
-# to 3.30 at 3·10⁻³ alone.
-#
-# The seed does not pin the trajectory either. 3·10⁻³ constant and the recipe (3·10⁻³
-# on a cosine) share seed, data and noise: on seed 1, with learning rates at most 6 %
-# apart until step 200, they switch at steps 200 and 475; on seed 3 both at 300; on seed
-# 2 the constant run switches at 1100, 525 steps after the cosine. That fits a switch that
-# behaves like a chance event, a rise of the condition gain that either takes off or
-# dies away like the false starts of section 2, and it is consistent with chapter 04's
-# jumps moving by hundreds of steps when the last bits of the arithmetic changed. (The
-# runs at 6 and 12·10⁻³ last 800 steps, so their IoU at end is not comparable with the
-# others'.)
-#
-# ### Chapter 04's ablations and the published explanations
-#
-# The same lens on eight more variants of seed 1's run:
-#
-# * chapter 04's ablations: **Gaussian connectors** (the output connectors Z start
-#   random, so only Θz1 still starts at zero), **0 % of prompts dropped**, and **1,000
-#   training pairs** instead of 50,000;
-# * **the loss weighting** (arXiv 2604.05761, x₀ supervision): the ε loss that Stable
-#   Diffusion trains with is an x₀ loss weighted by the SNR, which is near zero at the
-#   high-noise steps where the layout is decided; supervising x₀ is reported to converge
-#   up to twice as fast. Our toy predicts v, whose loss weights the x₀ error by SNR + 1,
-#   so we try both directions: `x0_loss` re-weights it to the x₀ loss, `eps_loss` to the
-#   ε loss (`cnetlib.diffusion.loss_weights`);
-# * **timesteps biased to high noise** (a user's guess in lllyasviel/ControlNet#628 that
-#   uniform timesteps cause the jump): t = ⌊(1 − u³)·T⌋, T2I-Adapter's cubic sampling
-#   (`cnetlib.diffusion.sample_timesteps`);
-# * **cross normalization** (ControlNeXt, dvlab-research/ControlNeXt, which claims no
-#   sudden convergence on Fill50K): each connector's output re-standardised to the mean
-#   and spread of the features it reads and scaled by 0.2 (`cnetlib.controlnet.CrossNormConv`),
-#   so the residual has its full size from step 0 and training can only turn it. ControlNeXt
-#   normalises to the frozen branch's features; ours uses the trainable copy's, which are
-#   the frozen ones at step 0: a stand-in. ControlNeXt has no zero convolution anywhere,
-#   so a second run also starts Θz1, the encoder's last conv, from a standard random
-#   initialisation ("open Θz1"): then nothing on the condition's path starts at zero.
-#
-# How much of the training signal each puts on the high-noise steps (t ≥ 667), as a share
-# of the loss weight over uniform timesteps:
-
-# %%
-from cnetlib.diffusion import loss_weights, make_schedule, sample_timesteps
-
-schedule = make_schedule(base_net.config.schedule)
-t_all = torch.arange(schedule.T)
-high = BANDS["high noise"][0]
-share = {}
-for weighting in ("epsilon", "none", "x0"):
-    w = loss_weights(t_all, schedule, base_net.config.prediction, weighting)
-    share[weighting] = float(w[high:].sum() / w.sum())
-draws = sample_timesteps(100_000, schedule.T, "cubic", torch.Generator().manual_seed(0))
-share["cubic"] = float((draws >= high).float().mean())
-print(f"share of the training signal at high noise: ε weighting {share['epsilon']:.0%}, the recipe's v loss "
-      f"{share['none']:.0%}, x₀ weighting {share['x0']:.0%}, cubic timesteps {share['cubic']:.0%}")
-assert share["epsilon"] < share["none"] < share["x0"] < share["cubic"]
-
-# %%
-GROUPS = {"chapter 04's ablations": ("gaussian", "drop0", "n1000"),
-          "published explanations": ("eps_loss", "x0_loss", "cubic_t", "cross_norm", "cross_norm_open")}
-LABELS = {"gaussian": "Gaussian connectors", "drop0": "0 % prompts dropped", "n1000": "1,000 pairs",
-          "eps_loss": "ε weighting", "x0_loss": "x₀ weighting", "cubic_t": "cubic timesteps",
-          "cross_norm": "cross normalization", "cross_norm_open": "cross norm., open Θz1"}
-fig, axes = plt.subplots(2, 2, figsize=(13, 7), sharex=True)
-for col, (group, names) in enumerate(GROUPS.items()):
-    for name in (None, *names):
-        c = curves[VARIANT_SEED] if name is None else variants[name]
-        st, g = curve(c, "gain:high noise")
-        si, iou = curve(c, "iou")
-        style = {"color": "k", "lw": 2.2} if name is None else {"lw": 1.3}
-        label = "the recipe" if name is None else LABELS[name]
-        axes[0, col].semilogy(st[1:], np.clip(g[1:], 1e-9, None), "-", label=label, **style)
-        axes[1, col].plot(si, iou, "-", label=label, **style)
-    axes[0, col].axhline(LEVELS["switch"], color="0.6", lw=0.8)
-    axes[1, col].axhline(LEVELS["iou"], color="0.6", lw=0.8)
-    axes[0, col].set(title=f"{group} (seed {VARIANT_SEED})", ylabel="condition gain, high noise")
-    axes[1, col].set(xlabel="training step", ylabel="mean sampled IoU")
-    axes[1, col].legend(fontsize=7)
-fig.tight_layout()
-save_figure(fig, "05_variants")
-plt.show()
-
-from cnetlib.convergence import detect_jump
-
-print(f"{'run':<22}{'warning':>8}{'switch':>8}{'jump':>6}{'lead':>6}{'steps per ×10':>15}{'sharpness':>11}{'IoU at end':>12}")
-table = {None: ref[VARIANT_SEED], **{n: marks[n] for names in GROUPS.values() for n in names}}
-for name, m in table.items():
-    m["sharpness"] = detect_jump(*curve(curves[VARIANT_SEED] if name is None else variants[name], "iou")).sharpness
-    m["lead"] = None if m["jump"] is None or m["warning"] is None else m["jump"] - m["warning"]
-    sharp = m["sharpness"] if m["jump"] is not None else None
-    print(f"{'the recipe' if name is None else LABELS[name]:<22}{dash(m['warning']):>8}{dash(m['switch']):>8}{dash(m['jump']):>6}"
-          f"{dash(m['lead']):>6}{dash(m['climb'], '.0f'):>15}{dash(sharp, '.2f'):>11}{m['iou_end']:>12.2f}")
-ref_sharp = [detect_jump(*curve(curves[s], "iou")).sharpness for s in SEEDS + HELD_OUT]
-print(f"the recipe's five seeds: switch {spread['switch'][0]}–{spread['switch'][1]}, jump {spread['jump'][0]}–"
-      f"{spread['jump'][1]}, sharpness {min(ref_sharp):.2f}–{max(ref_sharp):.2f}")
-named = [n for n in table if n is not None]
-
-# %% [markdown]
-# Seed 1 shows what each change does to the curves. It says little about *when*: the
-# recipe's own five seeds jump anywhere from step 350 to 1100, and one run of a variant
-# lands inside that span unless the change is large. So the seven variants that test
-# chapter 04's ablations and the published explanations were run again on seeds 2 and 3
-# (the second cross-normalization run, which landed on the first one's steps, was not).
-#
-# ### Three seeds each
-#
-# Each variant's three jumps are set against the recipe's five with an exact rank test
-# (`cnetlib.mechanism.rank_test`: Mann–Whitney, with every way of splitting the eight
-# runs into three and five enumerated). Three runs against five can say "earlier" or
-# "later" at the 5 % level only when all three lie beyond all five; anything less reads
-# "inside the recipe's spread", which does not mean "no effect" but "no effect that three
-# seeds can show". The same test on the switch compares fairly where the jump does not
-# quite (the variants' probe favours them slightly at the IoU level, as said above). The
-# table also gives each run's jump minus the recipe's on the same seed, only as a
-# description: a shared seed does not pin the trajectory (on seed 1 the constant 3·10⁻³
-# run and the recipe switch at steps 200 and 475).
-#
-# ```
-# python -m cnetlib.experiments.mechanism --variant x0_loss --seed 3   # one run of one variant
-# ```
-
-# %%
-from cnetlib.mechanism import rank_test
-
-named_runs = [(n, s) for n in named for s in seeds_of[n]]
-for k in named_runs:   # seed 1's are in the table above
-    if k[1] != VARIANT_SEED:
-        m = at[k]
-        m["sharpness"] = detect_jump(*curve(runs[k], "iou")).sharpness
-        m["lead"] = None if m["jump"] is None or m["warning"] is None else m["jump"] - m["warning"]
-NEVER = 1300   # where a run that never switched or jumped is drawn: past every run's 1,200 steps
-fig, ax = plt.subplots(figsize=(11, 5))
-for y, n in enumerate([None, *named]):
-    for s in (SEEDS + HELD_OUT if n is None else seeds_of[n]):
-        m, dy = (ref[s] if n is None else at[(n, s)]), 0.13 * (s - 2)
-        ax.plot([m["switch"] or NEVER, m["jump"] or NEVER], [y + dy] * 2, "-", color=SEED_COLORS[s], lw=0.8)
-        ax.plot(m["switch"] or NEVER, y + dy, ">" if m["switch"] is None else "o", mec=SEED_COLORS[s], mfc="none", ms=6)
-        ax.plot(m["jump"] or NEVER, y + dy, ">" if m["jump"] is None else "o", color=SEED_COLORS[s], ms=6,
-                label=f"seed {s}" if n is None else None)
-ax.axvspan(*spread["jump"], color="0.92", zorder=0)
-ax.set_xlim(0, NEVER + 60)
-ax.set_yticks(range(len(named) + 1), ["the recipe"] + [LABELS[n] for n in named])
-ax.invert_yaxis()
-ax.set(xlabel="training step (open: switch, filled: jump, ▶: not by step 1,200)",
-       title="switch and jump of every run, by seed; grey: the span of the recipe's five jumps (not switches)")
-ax.legend(fontsize=7, loc="lower right")
-fig.tight_layout()
-save_figure(fig, "05_variant_seeds")
-plt.show()
-
-recipe_jumps = [ref[s]["jump"] for s in SEEDS + HELD_OUT]
-
-
-def paired(n: str) -> list[int]:
-    """The variant's jump minus the recipe's on the same seed (a run that never jumped: at least its last step's)."""
-    return [(at[(n, s)]["jump"] or at[(n, s)]["last_step"]) - ref[s]["jump"] for s in seeds_of[n]]
-
-
-print(f"{'run':<22}{'seeds':>6}{'switch':>16}{'p switch':>10}{'jump':>16}{'p jump':>8}{'jump − recipe':>18}  verdict (jump)")
-print(f"{'the recipe, same seeds':<22}{'1,2,3':>6}{'/'.join(dash(ref[s]['switch']) for s in (1, 2, 3)):>16}{'':>10}"
-      f"{'/'.join(dash(ref[s]['jump']) for s in (1, 2, 3)):>16}")
-recipe_switches = [ref[s]["switch"] for s in SEEDS + HELD_OUT]
-verdict, tests, switch_tests = {}, {}, {}
-for n in named:
-    tests[n] = rank_test([at[(n, s)]["jump"] for s in seeds_of[n]], recipe_jumps)
-    switch_tests[n] = rank_test([at[(n, s)]["switch"] for s in seeds_of[n]], recipe_switches)
-    side = "earlier" if tests[n]["p_earlier"] < tests[n]["p_later"] else "later"
-    verdict[n] = (f"{len(seeds_of[n])} seed{'s' * (len(seeds_of[n]) > 1)}: not testable" if len(seeds_of[n]) < 3 else
-                  f"{side} than the recipe" if tests[n]["p"] < 0.05 else "inside the recipe's spread")
-    d = "/".join(("≥" if at[(n, s)]["jump"] is None else "") + f"{x:+d}".replace("-", "−")
-                 for s, x in zip(seeds_of[n], paired(n)))
-    print(f"{LABELS[n]:<22}{','.join(map(str, seeds_of[n])):>6}{'/'.join(dash(at[(n, s)]['switch']) for s in seeds_of[n]):>16}"
-          f"{switch_tests[n]['p']:>10.3f}{'/'.join(dash(at[(n, s)]['jump']) for s in seeds_of[n]):>16}{tests[n]['p']:>8.3f}"
-          f"{d:>18}  {verdict[n]}")
-three = [n for n in named if len(seeds_of[n]) >= 3]
-best = rank_test([0] * 3, recipe_jumps)["p"]   # all three runs before all five of the recipe's
-print(f"three runs against five: the smallest p is {best:.3f}, reached only when all three lie beyond all five; "
-      f"if none of the {len(three)} variants tested changed anything, the chance that one still reads earlier or "
-      f"later is at most {len(three) * best:.0%} (the sum of their chances)")
-jumped = [k for k in named_runs if at[k]["jump"] is not None]
-print(f"the recipe's five seeds (0–4): switches {sorted(recipe_switches)}, jumps {sorted(recipe_jumps)}; "
-      f"sharpness {min(ref_sharp):.2f}–{max(ref_sharp):.2f}")
-print(f"{len(named_runs)} variant runs, {len(jumped)} jumped: sharpness {min(at[k]['sharpness'] for k in jumped):.2f}–"
-      f"{max(at[k]['sharpness'] for k in jumped):.2f}; the warning's lead {min(at[k]['lead'] for k in jumped)}–"
-      f"{max(at[k]['lead'] for k in jumped)} steps")
-for n in ("gaussian", "eps_loss", "cross_norm", "cross_norm_open"):
-    for s in seeds_of[n]:
-        st, g = curve(runs[(n, s)], "gain:high noise")
-        flat = int(st[np.nonzero(g >= 1e-4)[0][0]]) if (g >= 1e-4).any() else None   # the first step at 1e-4
-        print(f"{LABELS[n]}, seed {s}: gain {g[1]:.0e} at step {st[1]}, first ≥ 1e-4 at step {dash(flat)}, "
-              f"max {g.max():.0e}; IoU at end {at[(n, s)]['iou_end']:.2f}")
-assert set(three) == set(named) - {"cross_norm_open"}                 # every verdict below rests on three seeds
-assert {n: v for n, v in verdict.items() if n in three and v != "inside the recipe's spread"} == {
-    "eps_loss": "later than the recipe"}
-for s in seeds_of["eps_loss"]:   # ε weighting: the condition path never opens
-    assert at[("eps_loss", s)]["switch"] is None and curve(runs[("eps_loss", s)], "gain:high noise")[1].max() < 1e-5
-assert all(d >= -50 for d in paired("x0_loss"))   # x₀ supervision: never faster by more than one evaluation
-assert all(at[("x0_loss", s)]["switch"] > ref[s]["switch"] for s in seeds_of["x0_loss"])   # and switched later
-assert all(d <= 0 for d in paired("gaussian")) and all(d < 0 for d in paired("cubic_t"))   # at or before, every seed
-for k in [("cross_norm", s) for s in seeds_of["cross_norm"]] + [("cross_norm_open", VARIANT_SEED)]:
-    st, g = curve(runs[k], "gain:high noise")   # nothing has to grow from zero, yet a plateau, then a jump
-    assert g[(st > 0) & (st < 250)].max() < 1e-4 and at[k]["jump"] is not None
-assert min(at[k]["sharpness"] for k in jumped) >= min(ref_sharp)   # no variant made the rise smoother
-assert all(at[k]["lead"] > 0 for k in jumped)                       # the warning always came first
-
-# %% [markdown]
-# Seed 1 alone put ε weighting after every seed of the recipe and Gaussian connectors
-# and cubic timesteps before every one. With three seeds each:
-#
-# * **Later than the recipe, shown: ε weighting.** On all three seeds the gain never
-#   exceeds 3·10⁻⁶ in 1,200 steps and the mean IoU stays at 0.41, where it started; all
-#   three runs lie beyond all five of the recipe's (p = 0.036). With 6 % of the training
-#   signal left at high noise, the condition path does not open. This is the
-#   x₀-supervision paper's diagnosis, seen from the other side.
-# * **Its remedy does not carry over: x₀ weighting**, with 60 % of the signal at high
-#   noise, jumps at steps 1050, 650 and 750 against the recipe's 600, 700 and 350 on the
-#   same seeds: later on two, level on one, inside the recipe's spread (p = 0.357), and
-#   never faster by more than one 50-step evaluation. The reported speed-up of up to 2×
-#   does not appear on the toy. Re-weighting the loss is not the same lever as
-#   re-drawing the timesteps: a re-weighted batch still draws two thirds of its pairs at
-#   mid and low noise, where their weight is now small, while cubic sampling spends the
-#   batch itself at high noise. Which difference matters is not measured here.
-# * **Earlier, not shown: Gaussian connectors and cubic timesteps.** Seed 1 put both
-#   before every seed of the recipe. On three seeds Gaussian connectors jump at 250, 250
-#   and 350 and cubic timesteps at 200, 550 and 200, each at or before the recipe on the
-#   same seed every time (cubic timesteps by 150 to 400 steps). But Gaussian
-#   connectors' 350 ties the recipe's seeds 3 and 4, and cubic timesteps' 550 comes after
-#   both, so neither lies beyond the recipe's spread (p = 0.107 for both). The direction fits section 8's account (start one factor away from zero;
-#   spend the batch where the layout is decided); the size of the effect is not
-#   established. Seed 1's early gain with Gaussian connectors (5·10⁻⁵ at step 50) did
-#   not recur on seeds 2 and 3.
-# * **Cross normalization** jumps at 400, 650 and 550 (the recipe on those seeds: 600,
-#   700 and 350; p = 0.929): earlier on two seeds, later on one, no shift that three
-#   seeds can show. Nor is it smooth: with the
-#   residual at full size from the first step, the gain stays below 10⁻⁴ until step 300,
-#   550 and 300 and then takes off like the recipe's (the open-Θz1 run, with nothing at
-#   zero on the condition's path, until step 300 on seed 1). ControlNeXt's "no sudden
-#   convergence" is not reproduced on any seed.
-# * **0 % prompts dropped** jumps at 800, 150 and 350 (the recipe on those seeds: 600,
-#   700 and 350; p = 0.571): on seed 2 the earliest jump of any run in this section, on
-#   seed 1 one of the latest. Chapter 04 saw its 0 %-drop run jump earliest and
-#   sharpest; three seeds say that was one draw from a spread wider than the recipe's.
-# * **1,000 training pairs** instead of 50,000 jump at 850 and 200 on seeds 1 and 2, and
-#   not by step 1,200 on seed 3, whose gain reached 10⁻³ only at the last snapshot
-#   (p = 0.714): from one of the earliest runs to one that had not finished. Fewer pairs
-#   did not move the jump one way on every seed.
-# * **Sudden everywhere:** the 18 of these 22 variant runs that jumped did so with a
-#   sharpness of 0.39 to 0.78, against the recipe's 0.37 to 0.69 (the learning-rate runs,
-#   of other lengths, are left out). No variant smooths the jump away; ε weighting
-#   postpones it past the end of every run.
-# * **The early warning** (gain stays ≥ 10⁻⁵) came first in every run that jumped, but its
-#   lead ranged from 50 to 200 steps (measured to the jump at IoU 0.6 on a 50-step grid,
-#   under which the recipe's seed 1 reads 150, not section 6's 200): it says the condition
-#   path is opening, not how long the samples will take to show it, and a lead calibrated
-#   on one recipe is a rough guide for another at best.
-# * **How far to trust these verdicts:** if none of the seven variants tested on three
-#   seeds changed anything, the chance that at least one would still read earlier or
-#   later is at most 25 %. ε weighting's verdict rests on the widest possible gap
-#   (its three runs never switched at all); the paired differences in the table describe
-#   what happened on each seed and test nothing.
-# * **OFT** (arXiv 2306.07280) is not run: it is not a change to this recipe but another
-#   architecture, with no trainable copy. The base's attention layers are tuned through
-#   orthogonal matrices that start at the identity, and the condition enters once,
-#   through a small encoder whose last convolution starts at zero, added after the first
-#   input block (the authors' code, Zeju1997/oft). Testing it needs a sampler that takes
-#   a tuned base, which the book does not have. The nearest runs here are Gaussian
-#   connectors, which like OFT keep exactly one zero-initialised layer on the
-#   condition's path: they jump at or before the recipe on every seed, and just as
-#   suddenly.
-
-# %% [markdown]
-# ## 8 · What the toy shows, and what it cannot
-#
-# **The answer to this chapter's question: the jump is in the network, not made by the
-# sampler.** For hundreds of steps the ControlNet's use of the outline is tiny: the loss
-# with the right outline is within 2·10⁻⁵ of the loss with another in seeds 0 and 2
-# (seed 1 wandered further, up to a false start above 10⁻⁴ and back), and no control scale up to α = 8 lifts the mean IoU by more
-# than 0.02. Tiny is not nothing: in seeds 0 and 2 that use grows steadily, about 430
-# steps per factor of ten in seed 0, far below what any sample shows. Then its growth
-# speeds up about tenfold: the high-noise gain climbs four decades in 125 to 225 steps
-# (31 to 56 steps per factor of ten) and stays above 10⁻³ from steps 950, 475 and 575,
-# with the outline content of c_f taking off at the same snapshots. The sampled IoU
-# starts to rise 25 to 75 steps after that switch and, like the gain, climbs over the
-# next few hundred steps. The sampler adds a threshold of its own (one outline's
-# probability of being followed rises over a median of 250 steps, most single draws
-# land on one side or the other, and just after the switch α = 2 is ahead of α = 1 by
-# 0.09 IoU), but it only sharpens what the network does. In one sentence: a slow
-# exponential start far below what samples can show, a fast take-off, then ordinary
-# gradual learning.
-#
-# **Why would a network do that?** A ControlNet can only use the outline through a
-# product of pieces that all start at or near zero: the encoder's zero convolution Θz1
-# must pass outline information into c_f, and the trainable copy Θc and the output
-# connectors Z must turn c_f into residuals that lower the loss. The gradient that grows
-# each piece is proportional to the size of the others, so their joint size grows in
-# proportion to itself: exponentially at first, faster once every piece has grown. That
-# is the textbook behaviour of learning through a product of small weights (Saxe,
-# McClelland and Ganguli, "Exact solutions to the nonlinear dynamics of learning in deep
-# linear neural networks", ICLR 2014): a long plateau whose length depends on the
-# logarithm of the starting size, then a rapid transition. Section 7 probed that account
-# (three seeds per change), and it holds only in part. Starting one piece away from zero
-# (Gaussian connectors) jumped at or before the recipe on every seed, a direction three
-# seeds cannot establish against the recipe's spread. With cross normalization the
-# residual has its full size from the first step, yet the gain stayed below 10⁻⁴ for
-# hundreds of steps (in one run on seed 1 also with nothing at zero on the condition's
-# path) before a jump as sudden as the recipe's: zero initialisation alone does not make
-# the flat phase. The learning-rate sweep lined the switches up on neither the step nor
-# Σ lr (a plateau set by the product's growth predicts Σ lr); only the first opening of
-# the path, read after the fact, leans towards Σ lr (one-sided p = 0.055), without
-# excluding the step, and above 3·10⁻³ half the runs lost the path or never opened it. Separately, where
-# the training signal sits mattered in one direction: taking the weight off the
-# high-noise steps (ε weighting) kept the switch from coming within 1,200 steps on every
-# seed, while putting more there did not bring it forward beyond the recipe's own
-# spread: x₀ weighting switched later than the recipe on all three seeds, cubic
-# timesteps jumped earlier on each but not beyond the spread. What the toy shows is a network that
-# has to find a use for the outline: for a while the condition gain rises and falls far
-# below anything a sample shows, and a rise that catches grows four decades in a few
-# hundred steps. When that happens looks like chance, consistent with the jump step
-# moving with the seed, with the schedule (two runs on seed 1 whose learning rates differ
-# by at most 6 % up to step 200 switched 275 steps apart) and with the last bits of the
-# arithmetic.
-# Why some rises catch and others die away is not answered here.
+# **The jump is in the network, not made by the sampler.** For hundreds of steps the
+# ControlNet's use of the outline is tiny: the condition gain stays far below anything a
+# sample can show, and no control scale up to α = 8 lifts the mean IoU by more than 0.02.
+# It grows slowly (about 430 steps per factor of ten in seed 0), then about tenfold
+# faster (31 to 56 steps per factor of ten) from the switch at steps 950, 475 and 575,
+# with the outline content of c_f taking off at the same snapshots; the sampled IoU
+# starts to rise one or two evaluations later. The sampler adds a threshold of its own
+# (one outline's probability of being followed rises over a median of 250 steps, and
+# just after the switch α = 2 is ahead of α = 1), but it only sharpens what the network
+# does. In one sentence: a slow exponential start far below what samples can show, a
+# fast take-off, then gradual learning.
 #
 # **What to watch when training a ControlNet on Stable Diffusion.** Not the loss alone,
-# and not a handful of samples: the condition gain, the loss with the right condition
-# against a shuffled one on a fixed held-out batch with fixed noise, costs two forward
-# passes and no sampling, and on a log axis it shows the condition path opening before
-# the samples do. On the toy it warned 175 to 200 steps ahead, and on two seeds it had
-# never seen it placed the jump to within 42 and 58 steps where the mean of the other seeds
-# missed by 367 and 417. On section 7's recipes it still came first in every run that
-# jumped, with leads of 50 to 200 steps: a sign that the condition path is opening, not
-# a clock to set. Whether the lead grows with a longer run at SD size (the
-# paper's jump takes thousands of steps) is not measured here. What the gain does answer
-# is the question users ask (is the condition being learnt yet?) without sampling a
-# single image.
+# and not a handful of samples: the condition gain on a fixed held-out batch with fixed
+# noise costs two forward passes and no sampling, and on a log axis it shows the
+# condition path opening before the samples do. On the toy it came 175 to 200 steps
+# ahead, and on two seeds it had never seen it placed the jump within 42 and 58 steps,
+# where the mean of the other seeds missed by 367 and 417. Whether the lead holds at
+# SD's size is not measured here.
 #
-# ## What we have
+# **Why does the network do that?** [Appendix A05](A05_recipe_variants.ipynb) changes the
+# recipe one thing at a time on three seeds each and tests the published explanations.
+# In short: the textbook account, learning through a product of pieces that all start
+# near zero, holds only in part (zero initialisation alone does not make the flat
+# phase); taking the training signal off the high-noise steps keeps the switch from
+# coming at all; and when the switch comes looks like chance.
 #
-# * `cnetlib.mechanism`: `Snapshots` (an `on_step` callback), `MechanismProbe` (the
-#   condition gain per noise band, the residual ratios, the following probability at any
-#   control scale α), `condition_path` (Θz1 and the outline's part of c_f), and `curve`,
-#   `timing`, `log_growth`, `landmarks` to read the results, `rank_test` to compare a
-#   handful of runs exactly, `trend_test` to ask whether they are ordered by a setting;
-#   `train_controlnet(..., stop_at=N)` trains the first N steps of a longer schedule.
-# * Recipe levers: `train_controlnet(weighting="x0" | "epsilon", timesteps="cubic")`
-#   (`cnetlib.diffusion.loss_weights`, `sample_timesteps`), ControlNeXt's
-#   `cnetlib.controlnet.CrossNormConv` (`toy_controlnet(base, "cross_norm")`),
-#   `cnetlib.train.cumulative_lr`.
-# * `python -m cnetlib.experiments.mechanism --seed S`: one run, snapshotted and measured,
-#   resumable; `data/mechanism/seedS/curves.json` holds what this chapter plots;
-#   `--variant NAME [--seed S]` (or `--variants`, all of them on every seed) runs section
-#   7's recipe variants into `data/mechanism/variants/`; `Snapshots(every, folder)` keeps the
-#   snapshots on disk too, so a run interrupted and resumed in a new process loses none.
+# > **Key takeaways**
+# >
+# > * Measure the network and the sampler separately: the condition gain (loss with a
+# >   shuffled condition minus loss with the right one) needs no sampling.
+# > * On a log axis the gain grows from about 10⁻⁷: slowly for hundreds of steps, then
+# >   four decades in a few hundred steps. The jump is in the network.
+# > * Scaling the control at sampling time cannot reveal a signal the network does not
+# >   carry yet; the sampler only sharpens the network's take-off.
+# > * The high-noise steps, where the layout is decided, switch first.
+# > * The gain is an early warning: it opens before the samples follow.
+#
+# ## Exercises
+#
+# Worked solutions: `solutions/05_why_sudden.py`.
+#
+# ### Exercise 05.1 · Σ lr [checked]
+#
+# Write `my_cumulative_lr(step, steps, lr, schedule)`: the sum of the learning rates of the
+# first `step` optimiser steps, for a constant rate or chapter 04's cosine (from lr down
+# to 10 % at the last step).
+
+# %%
+from cnetlib.exercises import check
+
+
+def my_cumulative_lr(step, steps, lr, schedule):
+    raise NotImplementedError("your code here")
+
+
+check("05.1", my_cumulative_lr)
+
+# %% [markdown]
+# ### Exercise 05.2 · Counting pairs [checked]
+#
+# The exact rank test of appendix A05 compares a handful of runs with U, the number of
+# pairs (a_i, b_j) with a_i earlier than b_j. Write `u_statistic(a, b)`: ties count ½, and
+# None (a run that never jumped) is later than every number.
+
+# %%
+def my_u_statistic(a, b):
+    raise NotImplementedError("your code here")
+
+
+check("05.2", my_u_statistic)
+
+# %% [markdown]
+# ### Exercise 05.3 · How small can p be? [checked]
+#
+# With 3 runs of a variant against 5 of the recipe, what is the smallest one-sided p
+# value an exact rank test can give? (It bounds what three seeds can ever establish.)
+
+# %%
+answer = None   # your number
+check("05.3", answer)
+
+# %% [markdown]
+# ### Exercise 05.4 · A warning while training [open]
+#
+# Section 6's warning reads "stays above 10⁻⁵" over the whole run. Write an online rule
+# (for example: above 10⁻⁵ at three evaluations in a row) and replay it on the five
+# shipped seeds with `curve(curves[s], "gain:high noise")`. How early does it fire, and
+# does it fire falsely?
+#
+# **In cnetlib:** `cnetlib.mechanism` (`Snapshots`, `MechanismProbe`, `condition_path`,
+# `curve`, `timing`, `log_growth`) and `python -m cnetlib.experiments.mechanism --seed S`.
+#
+# **Next:** chapter 06 asks where the control should enter classifier-free guidance.

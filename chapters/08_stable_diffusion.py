@@ -9,11 +9,15 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/controlnet-book/controlnet-book/blob/main/chapters/08_stable_diffusion.ipynb)
+#
 # # 08 · ControlNet on Stable Diffusion
 #
 # Everything so far ran on a toy UNet of 1.1 M parameters. Stable Diffusion's UNet has
-# 860 M, works on 64 × 64 × 4 latents of a VAE instead of pixels, and reads its prompt
-# through CLIP. The ControlNet recipe does not change: copy the encoder half, freeze the
+# 860 M and does not work on pixels: a **VAE** (variational autoencoder) compresses each
+# 512 × 512 image to a 64 × 64 × 4 grid of **latents** z and decodes latents back to an
+# image, and the diffusion runs on z. It reads its prompt through **CLIP**, a text
+# encoder trained on image captions. The ControlNet recipe does not change: copy the encoder half, freeze the
 # original, add a condition encoder and one zero convolution per connection.
 # `cnetlib.sd.SDControlNet` does exactly that for a diffusers `UNet2DConditionModel`,
 # with the same `trainable_copy`, `zero_conv` and `ConditionEncoder` as chapters 02–03.
@@ -29,9 +33,14 @@
 # random weights. The images are then noise, but every shape, equivalence and code path
 # is the real one; every sample figure says so in its title. (If a GPU runtime cannot
 # load the real weights, the chapter prints why and falls back to the tiny preset.)
-# With the real weights the samples below are portraits whose outlines follow the Canny
-# edges of the photo, and the four guidance modes differ most without a prompt, as
-# chapter 06 measured on the toy. **Time on a 2-core CPU:** 1–2 minutes.
+# With the real weights the samples below would be portraits whose outlines follow the
+# Canny edges of the photo; this book's machines cannot download the weights, so no
+# shipped output shows that (a reader with a GPU and internet can run it).
+#
+# **You will learn** SD's 13 connection points, how the book's ControlNet matches
+# diffusers' number for number, and how control images are made from photos. **You
+# need** chapters 03 (the ControlNet) and 06 (the guidance modes). **Time on a 2-core
+# CPU:** under a minute.
 
 # %%
 # On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
@@ -45,8 +54,9 @@ if "google.colab" in sys.modules:
     if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
         subprocess.run(["rm", "-rf", book], check=True)
         repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-        if subprocess.run(["git", "clone", "--depth", "1", repo, book]).returncode:
-            raise RuntimeError(f"could not clone the book from {repo} (git's message is above): set the "
+        clone = subprocess.run(["git", "clone", "--depth", "1", repo, book], capture_output=True, text=True)
+        if clone.returncode:
+            raise RuntimeError(f"could not clone the book from {repo} (git: {clone.stderr.strip()[-300:]}): set the "
                                "CNETLIB_REPO environment variable to the book's URL, a fork or a mirror, and rerun")
     if book not in sys.path:
         sys.path.insert(0, book)
@@ -76,6 +86,9 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # model has every parameter's shape but no memory behind it. Here is SD 1.5's UNet
 # (`cnetlib.sd.SD15_UNET_CONFIG`, the `unet/config.json` of the release) and the
 # ControlNet copied from it:
+#
+# **Predict before you run.** On the toy the ControlNet was close to half the size of the
+# frozen model (chapter 03). Will SD's be a larger or a smaller share of its UNet?
 
 # %%
 from diffusers import UNet2DConditionModel
@@ -98,10 +111,16 @@ assert [c.index for c in sd15_net.connections] == list(range(13))
 assert [c.resolution for c in sd15_net.connections] == [64, 64, 64, 32, 32, 32, 16, 16, 16, 8, 8, 8, 8]
 assert 355e6 < n_net < 365e6        # the public SD 1.5 ControlNets have 361 M parameters
 assert 855e6 < n_unet < 865e6 and round(n_toy / 1e6, 1) == 1.1     # the prose: 860 M and 1.1 M
+from cnetlib.diagrams import unet_diagram
+
+fig = unet_diagram(sd15_net.connections, title="SD 1.5's UNet: 12 skips + the middle block = 13 connection points")
+save_figure(fig, "08_sd15_connections")
+plt.show()
 
 # %% [markdown]
 # 12 skip connections at 64, 32, 16 and 8 (the input conv, two ResNet blocks per level,
-# three downsamplers) plus the middle block: the paper's 13. The copy is 42 % of the UNet.
+# three downsamplers) plus the middle block: the paper's 13. The copy is 42 % of the UNet,
+# a smaller share than the toy's: SD's text encoder and decoder hold more of its weights.
 # Its condition encoder takes the 512 × 512 control image down to the 64 × 64 latent
 # grid with three stride-2 convs (chapter 03).
 #
@@ -286,7 +305,10 @@ plt.show()
 #
 # The four modes of chapter 06, same seed, same condition, with and without a prompt
 # (on the tiny preset the differences are real but the pictures are not: they only show
-# that each mode computes something different):
+# that each mode computes something different).
+#
+# **Predict before you run.** At guidance 7.5 with the empty prompt, will `both` and
+# `cond_only` give the same image? (Chapter 06 found them equal at β = 1 only.)
 
 # %%
 from cnetlib.guidance import MODES
@@ -305,6 +327,8 @@ fig.suptitle(f"guidance modes, same seed ({weights_label})", fontsize=9)
 fig.tight_layout()
 save_figure(fig, "08_modes")
 plt.show()
+print(f"largest pixel difference between `both` and `cond_only`, empty prompt: "
+      f"{(images[0] - images[1]).abs().max() * 255:.1f} of 255")
 assert not torch.equal(images[0], images[1])          # "both" and "cond_only" differ
 
 # %% [markdown]
@@ -359,12 +383,56 @@ display(widgets.VBox([widgets.HBox([s1, s2, beta]),
                       widgets.interactive_output(show, {"scale_1": s1, "scale_2": s2, "guidance": beta})]))
 
 # %% [markdown]
-# ## What we have
+# > **Key takeaways**
+# >
+# > * The recipe does not change with scale: SD 1.5's ControlNet copies the encoder and
+# >   middle block (361 M parameters) and writes into 13 connections.
+# > * SD works on a VAE's 64 × 64 × 4 latents; the condition encoder takes a 512 × 512
+# >   control image down to that grid.
+# > * The book's `SDControlNet` computes what diffusers' `ControlNetModel` computes, and
+# >   its weights load both ways.
+# > * The guidance modes of chapter 06 and the summed ControlNets of chapter 07 run
+# >   unchanged on SD, through the same functions.
 #
-# * `cnetlib.sd.SDControlNet`: the book's ControlNet on a diffusers UNet, 361 M
-#   parameters for SD 1.5, 13 connections; interoperable weights (diffusers format both
-#   ways, the authors' original layout in).
-# * `cnetlib.sd.generate`: SD sampling with any number of ControlNets and every guidance
-#   mode; identical to diffusers' pipeline in mode `both`.
-# * `cnetlib.sd.annotate`: control images from photos (Canny offline).
-# * Chapter 09 trains such a ControlNet and measures what it costs.
+# ## Exercises
+#
+# Worked solutions: `solutions/08_stable_diffusion.py`.
+#
+# ### Exercise 08.1 · Connection sides [checked]
+#
+# Write `my_connection_sides(latent, levels, layers)`: the side h_i of every connection of an
+# SD-layout UNet (input conv, `layers` ResNets per level, a downsampler after every level
+# but the last, the middle block last). SD 1.5: `connection_sides(64, 4, 2)`.
+
+# %%
+from cnetlib.exercises import check
+
+
+def my_connection_sides(latent, levels, layers):
+    raise NotImplementedError("your code here")
+
+
+check("08.1", my_connection_sides)
+
+# %% [markdown]
+# ### Exercise 08.2 · What the VAE saves [checked]
+#
+# How many times fewer numbers does SD 1.5's latent z hold than its 512 × 512 RGB image?
+
+# %%
+answer = None   # your number
+check("08.2", answer)
+
+# %% [markdown]
+# ### Exercise 08.3 · A real ControlNet [open]
+#
+# On a machine with a GPU and internet, run this chapter interactively (not through
+# `make book`, which works offline): section 5 then loads SD 1.5 and the public Canny
+# ControlNet. Compare the four guidance modes without a prompt with chapter 06's toy
+# ranking.
+#
+# **In cnetlib:** `cnetlib.sd.SDControlNet` (13 connections, diffusers' and the original
+# weight layouts), `cnetlib.sd.generate` (any number of ControlNets, every guidance mode),
+# `cnetlib.sd.annotate` (control images from photos).
+#
+# **Next:** chapter 09 trains such a ControlNet and measures what it costs.

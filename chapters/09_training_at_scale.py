@@ -9,6 +9,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/controlnet-book/controlnet-book/blob/main/chapters/09_training_at_scale.ipynb)
+#
 # # 09 · Training ControlNet at scale
 #
 # Chapter 04 trained a toy ControlNet with a plain PyTorch loop. Training one on Stable
@@ -31,7 +33,10 @@
 # paper reports: one ControlNet training step against one step of fine-tuning the UNet
 # itself, same batch (paper, SD on an A100 40GB: +23 % memory, +34 % time).
 #
-# **Time on a 2-core CPU:** about 1 minute, in full and in smoke mode.
+# **You will learn** what one SD training step does and in which precision, how a run
+# resumes exactly, how many processes share one global batch, and what a ControlNet step
+# costs against fine-tuning. **You need** chapters 04 (the training step) and 08 (SD's
+# parts). **Time on a 2-core CPU:** about a minute.
 
 # %%
 # On Colab: fetch the book, then install what this chapter needs (does nothing anywhere else).
@@ -45,8 +50,9 @@ if "google.colab" in sys.modules:
     if not os.path.isfile(os.path.join(book, "cnetlib", "colab.py")):   # absent, or a clone that failed halfway
         subprocess.run(["rm", "-rf", book], check=True)
         repo = os.environ.get("CNETLIB_REPO", "https://github.com/controlnet-book/controlnet-book")
-        if subprocess.run(["git", "clone", "--depth", "1", repo, book]).returncode:
-            raise RuntimeError(f"could not clone the book from {repo} (git's message is above): set the "
+        clone = subprocess.run(["git", "clone", "--depth", "1", repo, book], capture_output=True, text=True)
+        if clone.returncode:
+            raise RuntimeError(f"could not clone the book from {repo} (git: {clone.stderr.strip()[-300:]}): set the "
                                "CNETLIB_REPO environment variable to the book's URL, a fork or a mirror, and rerun")
     if book not in sys.path:
         sys.path.insert(0, book)
@@ -75,7 +81,22 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # %% [markdown]
 # ## 1 · The training step
 #
-# `cnetlib.train_sd.controlnet_loss` is the paper's objective on SD's latents:
+# The toy's step of chapter 04, moved to SD's latents. The frozen parts run in half
+# precision; the ControlNet keeps fp32 weights; only the ControlNet receives gradients:
+
+# %%
+from cnetlib.diagrams import flow_diagram
+
+fig = flow_diagram([("VAE encoder (frozen)\nimage → latents z_0", "frozen"), ("CLIP (frozen)\nprompt → c_t, 50 % \"\"", "frozen"),
+                    ("t, ε from one seeded\ngenerator: z_t", "neutral"), ("ControlNet, fp32 weights\n(autocast) → r_i", "trainable"),
+                    ("UNet (frozen, fp16/bf16)\n+ residuals → ε̂", "frozen"), ("loss ‖ε − ε̂‖²", "neutral")],
+                   back=(5, 3, "backward into the ControlNet; gradients averaged over processes; AdamW"),
+                   per_row=6, title="one ControlNet training step on Stable Diffusion")
+save_figure(fig, "09_training_step")
+plt.show()
+
+# %% [markdown]
+# `cnetlib.train_sd.controlnet_loss` is that objective in code:
 #
 # ```python
 # latent = parts.vae.encode(x0).latent_dist                     # frozen VAE: mean and std of q(z|x)
@@ -112,17 +133,22 @@ base_cfg = dict(preset="tiny", resolution=64, batch_size=4, lr=1e-4, lr_warmup_s
                 gradient_accumulation_steps=2, gradient_checkpointing=True, checkpoint_every=2,
                 validate_every=pick(8, 2), validation_n=4, validation_steps=pick(8, 2), progress=True)
 straight = train(SDTrainConfig(output_dir=str(work / "straight"), steps=steps, **base_cfg))
-print(f"{straight['step']} steps in {straight['seconds']:.1f} s; losses: {np.round(straight['losses'], 4).tolist()}")
-print("validation log:", [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
-                           if k != "iou_per_sample"} for row in straight["log"]])
-print("files:", sorted(p.name for p in (work / "straight").iterdir()))
+losses = straight["losses"]
+print(f"{straight['step']} steps in {straight['seconds']:.1f} s; training loss per step from {min(losses):.3f} to "
+      f"{max(losses):.3f}, no trend: a random tiny model has nothing to learn in {steps} steps")
+for row in straight["log"]:
+    print(f"validation at step {row['step']:>2}: loss {row['loss']:.3f}, IoU with the outline's disk {row['iou']:.3f}")
+names = sorted(p.name for p in (work / "straight").iterdir())
+print(f"written: {sum(n.startswith('checkpoint-') for n in names)} checkpoint folders, "
+      + ", ".join(n for n in names if not n.startswith("checkpoint-")))
 assert (work / "straight" / "controlnet" / "config.json").is_file()      # saved in diffusers' format
 assert all(p.dtype == torch.float32 for p in straight["controlnet"].parameters())
 
 # %% [markdown]
 # The validation grid it wrote (tiny preset: random weights, so the samples are noise).
-# This book has not run SD 1.5 on Fill50k: that needs the weights and a GPU, and neither
-# was available where it was written. What such a run should draw is the paper's Fig. 4.
+# This book has not run SD 1.5 on Fill50k: that needs SD's weights, which cannot be
+# downloaded where it was written (the GPU that ran section 4's benchmarks had no hub
+# access either). What such a run should draw is the paper's Fig. 4.
 
 # %%
 from PIL import Image
@@ -150,6 +176,9 @@ plt.show()
 # command line then names the run's folder to resume and exits with status 130. And
 # `--resume` refuses other settings, or other data in the same folder (a fingerprint of
 # the pairs is kept with each checkpoint), rather than continuing a different run.
+#
+# **Predict before you run.** Will the resumed run's weights be equal to the uninterrupted
+# run's, or only close?
 
 # %%
 half = train(SDTrainConfig(output_dir=str(work / "resumed"), steps=steps // 2, **base_cfg))
@@ -194,6 +223,8 @@ assert resumed["losses"] == straight["losses"] and same
 #
 # Two CPU processes at batch 2 against one process at batch 4, same seed
 # (`cnetlib.train_sd.launch` runs the command line below):
+#
+# **Predict before you run.** Will the two runs end with the same weights?
 
 # %%
 from cnetlib.sd import SDControlNet
@@ -346,10 +377,57 @@ assert [round(v, 1) for v in (measured, fp32_extra, frozen_extra, total)] == [7.
 shutil.rmtree(work, ignore_errors=True)
 
 # %% [markdown]
-# ## What we have
+# > **Key takeaways**
+# >
+# > * An SD ControlNet step is chapter 04's step on VAE latents: frozen VAE, text encoder
+# >   and UNet in half precision, the ControlNet's trainable weights in fp32.
+# > * Every random draw comes from one seeded generator whose state is checkpointed, so a
+# >   resumed run is bitwise the uninterrupted one.
+# > * N processes at batch B train what one process trains at N·B, up to float rounding.
+# > * At SD 1.5's size on an H100 (random weights, bf16) a ControlNet step took 0.95× the
+# >   time and 0.86× the memory of a fine-tuning step: the paper's +23 % memory and +34 %
+# >   time (its A100 setting) do not reproduce here.
 #
-# * `python -m cnetlib.train_sd` / `accelerate launch -m cnetlib.train_sd`: ControlNet
-#   training on SD with mixed precision (fp32 trainable weights), gradient
-#   checkpointing, accumulation, exact resume, validation with the fidelity IoU.
-# * `cnetlib.costs.compare_costs` and `benchmarks/sd_controlnet.py`: the paper's cost
-#   comparison, measured, on a CPU and on a GPU.
+# ## Exercises
+#
+# Worked solutions: `solutions/09_training_at_scale.py`.
+#
+# ### Exercise 09.1 · Weight memory [checked]
+#
+# Write `my_state_bytes(n_frozen, n_trainable, bytes_per_value)`: the bytes that weights,
+# gradients and AdamW's state take in a ControlNet training step.
+
+# %%
+from cnetlib.exercises import check
+
+
+def my_state_bytes(n_frozen, n_trainable, bytes_per_value):
+    raise NotImplementedError("your code here")
+
+
+check("09.1", my_state_bytes)
+
+# %% [markdown]
+# ### Exercise 09.2 · One global batch [checked]
+#
+# Write `my_shard(batch_size, rank, world)`: the global batch of a step with `world`
+# processes at `batch_size` each, and the slice of it that process `rank` trains on.
+
+# %%
+def my_shard(batch_size, rank, world):
+    raise NotImplementedError("your code here")
+
+
+check("09.2", my_shard)
+
+# %% [markdown]
+# ### Exercise 09.3 · Accumulation [open]
+#
+# Train the tiny preset with `gradient_accumulation_steps=2` at batch 2, and once with
+# batch 4 and no accumulation, same seed. Do they end with the same weights? Compare with
+# section 3's two processes.
+#
+# **In cnetlib:** `python -m cnetlib.train_sd` / `accelerate launch -m cnetlib.train_sd`
+# (mixed precision with fp32 trainable weights, gradient checkpointing, accumulation,
+# exact resume, validation), `cnetlib.costs.compare_costs` and
+# `benchmarks/sd_controlnet.py`.

@@ -132,13 +132,16 @@ def generate(model: ToyUNet, prompts: Sequence[str], *, guidance: float = DEFAUL
 
 
 def sample_grid(model: ToyUNet, prompts: Sequence[str], guidance: float = DEFAULT_GUIDANCE, seed: int = 0,
-                steps: int = 25):
-    """Generate one image per prompt and show them with their prompts (the guidance slider's view)."""
+                steps: int = 25, measured: Sequence[float] = ()):
+    """Generate one image per prompt and show them with their prompts (the guidance slider's view).
+    ``measured``: the guidance scales a chapter measured; the title says whether this one is."""
     from .viz import image_grid, wrap_prompt
 
     images = generate(model, prompts, guidance=guidance, steps=steps, seed=seed)
+    note = "" if not measured else (" (a measured value)" if any(abs(guidance - m) < 1e-9 for m in measured)
+                                    else f" (not measured; measured: {', '.join(f'{m:g}' for m in measured)})")
     return image_grid(images, [wrap_prompt(p) for p in prompts], ncols=len(prompts),
-                      suptitle=f"guidance scale β = {guidance:g}, DDIM {steps} steps, seed {seed}")
+                      suptitle=f"guidance scale β_cfg = {guidance:g}{note}, DDIM {steps} steps, seed {seed}")
 
 
 def evaluation_prompts(n: int, palette: Sequence[str] = TOY_PALETTE, seed: int = 1234) -> list[str]:

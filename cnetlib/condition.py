@@ -22,6 +22,21 @@ REFERENCE_HINT_CHANNELS = (16, 16, 32, 32, 96, 96, 256)
 TOY_HINT_CHANNELS = (8, 8, 16, 16, 32, 32, 32)
 
 
+def receptive_field(layers: Sequence[tuple[int, int]]) -> int:
+    """Side, in input pixels, of the region one output pixel of a stack of convolutions sees.
+
+    ``layers`` are (kernel size, stride) in order. Each layer widens the field by
+    (kernel − 1) × the product of the strides before it (its "jump"), so a late layer at a
+    coarse resolution widens it more than the same layer early on (chapter 03)."""
+    rf, jump = 1, 1
+    for kernel, stride in layers:
+        if kernel < 1 or stride < 1:
+            raise ValueError(f"layers: expected kernel and stride >= 1, got ({kernel}, {stride})")
+        rf += (kernel - 1) * jump
+        jump *= stride
+    return rf
+
+
 class ConditionEncoder(nn.Module):
     """E(c): maps a control image (B, C, H, W) in [0, 1] to (B, out_ch, H/2^k, W/2^k).
 
@@ -83,11 +98,10 @@ class ConditionEncoder(nn.Module):
                 out.append((f"conv {layer.kernel_size[0]}x{layer.kernel_size[0]} /{layer.stride[0]}", tuple(c.shape[1:])))
         return out
 
+    def conv_layers(self) -> list[tuple[int, int]]:
+        """(kernel size, stride) of every conv, in order."""
+        return [(m.kernel_size[0], m.stride[0]) for m in self.layers if isinstance(m, nn.Conv2d)]
+
     def receptive_field(self) -> int:
-        """Side, in input pixels, of the region one output pixel sees."""
-        rf, jump = 1, 1
-        for layer in self.layers:
-            if isinstance(layer, nn.Conv2d):
-                rf += (layer.kernel_size[0] - 1) * jump
-                jump *= layer.stride[0]
-        return rf
+        """Side, in input pixels, of the region one output pixel sees (:func:`receptive_field`)."""
+        return receptive_field(self.conv_layers())

@@ -108,6 +108,18 @@ def trainable_copy(module: nn.Module) -> nn.Module:
     return clone
 
 
+def controlnet_block(F_frozen: nn.Module, F_copy: nn.Module, Z1: nn.Module, Z2: nn.Module, x: torch.Tensor,
+                     c: torch.Tensor) -> torch.Tensor:
+    """The paper's block (§3.1, eq. 2) for any one block F and condition c of x's shape:
+
+        y_c = F(x; Θ) + Z(F(x + Z(c; Θz1); Θc); Θz2)
+
+    ``F_frozen`` is F(·; Θ), ``F_copy`` its trainable copy F(·; Θc) (:func:`trainable_copy`),
+    ``Z1`` and ``Z2`` the zero convolutions (:func:`zero_conv`). :class:`ControlNet` is this
+    block with F the base's whole encoder and one Z2 per connection (chapter 03)."""
+    return F_frozen(x) + Z2(F_copy(x + Z1(c)))
+
+
 def weights_fingerprint(module: nn.Module) -> str:
     """A short hash of a module's weights: tells which base a ControlNet was copied from."""
     h = hashlib.sha256()

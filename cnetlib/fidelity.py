@@ -122,7 +122,7 @@ def _finite_or_none(values: np.ndarray, digits: int = 3) -> list:
 # ----------------------------------------------------------------------------------
 # Prompt settings and guidance tables (chapter 06)
 # ----------------------------------------------------------------------------------
-#: The paper's prompt settings (its Figure 5): none, too little, conflicting, full.
+#: The paper's prompt settings (§4.2, its ablative study): none, too little, conflicting, full.
 PROMPT_SETTINGS = ("no prompt", "insufficient", "conflicting", "full")
 
 
@@ -234,10 +234,12 @@ def guidance_table(base, controlnet, probe: FidelityProbe, modes: Sequence[str],
 
 
 def guidance_view(base, controls: Sequence[Control], prompts: Sequence[str], masks: np.ndarray | None = None, *,
-                  seed: int = 0, steps: int = 20, title: str = "", **sample_options):
+                  seed: int = 0, steps: int = 20, title: str = "", row_labels: Sequence[str] | None = None,
+                  **sample_options):
     """Samples for ``prompts`` under ``controls`` and the sampling options of chapter 06's
     sliders (mode, guidance, conditioning_scale, max_weight, control_start/end), with the
-    condition IoU in the title when ``masks`` are given. Returns ``(figure, numbers)``."""
+    condition IoU in the title when ``masks`` are given: one row per control's condition,
+    then the samples (``row_labels`` names them). Returns ``(figure, numbers)``."""
     from .viz import image_grid
 
     images = sample(base, list(prompts), list(controls), seed=seed, steps=steps, **sample_options)
@@ -245,39 +247,43 @@ def guidance_view(base, controls: Sequence[Control], prompts: Sequence[str], mas
     opts = ", ".join(f"{k}={v}" for k, v in sample_options.items())
     head = f"{title} {opts}".strip() + (f" · IoU {numbers['iou']:.2f}" if numbers else "")
     conds = [c.condition for c in controls]
-    rows = [torch.cat(conds) * 2 - 1] + [images] if conds else [images]
-    fig = image_grid(torch.cat(rows), ncols=len(prompts), scale=1.15, suptitle=head)
+    rows = [c * 2 - 1 for c in conds] + [images]
+    labels = list(row_labels) if row_labels is not None else [f"condition {k + 1}" for k in range(len(conds))] + ["samples"]
+    fig = image_grid(torch.cat(rows), ncols=len(prompts), scale=1.15, suptitle=head, row_labels=labels)
     return fig, numbers
 
 
 def modes_by_settings_grid(base, controlnet, probe: FidelityProbe, modes: Sequence[str],
                            settings: Sequence[str] = PROMPT_SETTINGS, conditions: Sequence[int] = (0, 1, 2), *,
                            guidance: float = 3.0, seed: int = 0, steps: int | None = None, **sample_options):
-    """The paper's Figure 5 at toy scale: one row per prompt setting, one column per guidance
-    mode, for each of a few probe ``conditions`` (its outline first), every cell from the same
-    seed. Returns the figure."""
+    """The paper's prompt settings (§4.2) against the guidance modes, at toy scale: one row per
+    prompt setting, one column per guidance mode, for each of a few probe ``conditions`` (its
+    outline first, with the prompt of that row under it), every cell from the same seed.
+    Returns the figure."""
     import matplotlib.pyplot as plt
 
     from .data import tensor_to_uint8
+    from .viz import wrap_prompt
 
     idx = list(conditions)
     cond = probe.conditions[idx]
-    cells = {}
+    cells, used = {}, {}
     for setting in settings:
-        prompts = prompt_setting(setting, [probe.prompts[i] for i in idx], probe.palette)
+        prompts = used[setting] = prompt_setting(setting, [probe.prompts[i] for i in idx], probe.palette)
         for mode in modes:
             cells[(setting, mode)] = tensor_to_uint8(sample(base, prompts, [Control(controlnet, cond)], mode=mode,
                                                            guidance=guidance, seed=seed, steps=steps or probe.steps,
                                                            **sample_options))
     ncols = len(idx) * (len(modes) + 1)
-    fig, axes = plt.subplots(len(settings), ncols, figsize=(0.95 * ncols, 1.05 * len(settings) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(settings), ncols, figsize=(1.0 * ncols, 1.45 * len(settings) + 0.6), squeeze=False)
     outlines = tensor_to_uint8(cond, (0.0, 1.0))
     for r, setting in enumerate(settings):
         for k in range(len(idx)):
             col0 = k * (len(modes) + 1)
             axes[r][col0].imshow(outlines[k], interpolation="nearest")
+            axes[r][col0].set_xlabel(wrap_prompt(used[setting][k] or '""', 16), fontsize=5.5)
             if r == 0:
-                axes[r][col0].set_title("condition", fontsize=7)
+                axes[r][col0].set_title("outline c,\nprompt under it", fontsize=7)
             for m, mode in enumerate(modes):
                 ax = axes[r][col0 + 1 + m]
                 ax.imshow(cells[(setting, mode)][k], interpolation="nearest")
@@ -289,7 +295,8 @@ def modes_by_settings_grid(base, controlnet, probe: FidelityProbe, modes: Sequen
         ax.set_yticks([])
         for spine in ax.spines.values():
             spine.set_visible(False)
-    fig.suptitle(f"prompt settings (rows) × guidance modes (columns), β = {guidance:g}, seed {seed}", fontsize=9)
+    fig.suptitle(f"the paper's prompt settings (rows) × guidance modes (columns), β = {guidance:g}, seed {seed}",
+                 fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -308,7 +315,7 @@ def plot_guidance_table(table: dict, settings: Sequence[str], modes: Sequence[st
             ax.errorbar(x, [c.value for c in cis], yerr=[[c.value - c.low for c in cis], [c.high - c.value for c in cis]],
                         fmt="o-", ms=3, capsize=2, label=mode)
         ax.set(title=setting, xlabel="guidance scale β")
-    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].set_ylabel(f"{ylabel}\n(mean, 95 % interval)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -210,15 +210,16 @@ def plot_connection_weights(connections: Sequence[Connection] | Sequence[int], m
     import matplotlib.pyplot as plt
 
     hs = [c.resolution if isinstance(c, Connection) else int(c) for c in connections]
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.62 * len(hs) + 2.5), 3.4))
     x = range(len(hs))
     ax.plot(x, connection_weights("both", hs), "o-", label="both / cond_only: 1")
     ax.plot(x, connection_weights("guess", hs), "s-", label="guess: logspace(-1, 0, n) (diffusers; used here)")
-    ax.plot(x, reference_guess_weights(len(hs)), "s:", color="C1", alpha=0.6, label="guess: 0.825^(n−1−i) (reference code)")
+    ax.plot(x, reference_guess_weights(len(hs)), "x:", color="k", ms=7, label="guess: 0.825^(n−1−i) (reference code)")
     for mw in max_weights:
         ax.plot(x, connection_weights("resolution_weighted", hs, mw), "^--", label=f"resolution weighted, max {mw:g}")
-    ax.set_xticks(list(x), [f"{i}\nh={h}" if i < len(hs) - 1 else f"mid\nh={h}" for i, h in enumerate(hs)], fontsize=7)
-    ax.set(ylabel="w_i", title=title, yscale="log")
-    ax.legend(fontsize=7)
+    ax.set_xticks(list(x), [f"{i}\n{h}" if i < len(hs) - 1 else f"mid\n{h}" for i, h in enumerate(hs)], fontsize=7)
+    ax.set(xlabel="connection i and its feature-map side h_i (the middle block last)", ylabel="w_i", title=title,
+           yscale="log")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig

@@ -182,8 +182,8 @@ def _outputs_of(modules, run) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def condition_path(controlnet: ControlNet, probe: "MechanismProbe", base: ToyUNet, band: str = "mid noise") -> dict[str, float]:
-    """The first door the condition must pass: ``c_f = Z(E(c); Θz1)``, added to the copy's
-    first features h_0. Returns the per-weight RMS of Θz1 (the encoder's zero conv),
+    """The first door the condition must pass: ``c_f = E(c)`` (E's last layer is the zero conv
+    Z(·; Θz1)), added to the copy's first features h_0. Returns the per-weight RMS of Θz1 (the encoder's zero conv),
     ``size`` = ‖c_f‖ / ‖h_0‖ and ``signal`` = ‖c_f − mean(c_f)‖ / ‖h_0‖: the part of c_f
     that differs from outline to outline (the mean over the probe's outlines is what a
     bias or any constant adds, which says nothing about where the circle goes), on the

@@ -138,7 +138,8 @@ def first_nonzero_step(rows: list[dict]) -> dict[str, int | None]:
 def connector_damage_view(base: ToyUNet, std: float | None, prompts: Sequence[str], condition: torch.Tensor, *,
                           steps: int = 20, seed: int = 0, guidance: float = 3.0):
     """Samples of the base, of the base + a fresh zero-conv ControlNet, and of the base + a
-    fresh ControlNet with Gaussian connectors of ``std`` (None: 1/√fan_in), same seeds.
+    fresh ControlNet with Gaussian connectors of ``std`` (None: 1/√fan_in), same seeds,
+    under the control images ``condition`` (shown as the first row).
 
     Returns ``(figure, numbers)``; the numbers are the mean pixel difference (0-255) of
     each to the base's samples and the circle-colour accuracy of each. Chapter 02's slider
@@ -148,7 +149,7 @@ def connector_damage_view(base: ToyUNet, std: float | None, prompts: Sequence[st
     from .data import TOY_PALETTE
     from .guidance import Control, sample
     from .metrics import prompt_following
-    from .viz import image_grid
+    from .viz import image_grid, wrap_prompt
 
     prompts = list(prompts)
     rows = {"base": sample(base, prompts, steps=steps, seed=seed, guidance=guidance)}
@@ -160,9 +161,12 @@ def connector_damage_view(base: ToyUNet, std: float | None, prompts: Sequence[st
                "gaussian_difference": sample_difference(rows["gaussian"], rows["base"]),
                "base_circle_accuracy": acc["base"], "zero_conv_circle_accuracy": acc["zero convs"],
                "gaussian_circle_accuracy": acc["gaussian"]}
-    label = "1/√fan_in" if std is None else f"{std:g}"
-    titles = [f"{k}\n{p.split(' circle')[0]}" if i == 0 else "" for k in rows for i, p in enumerate(prompts)]
-    fig = image_grid(torch.cat(list(rows.values())), titles, ncols=len(prompts), scale=1.25,
-                     suptitle=f"rows: base · zero convs · Gaussian connectors (std {label}); "
-                              f"Δ vs base: {numbers['zero_conv_difference']:.0f} · {numbers['gaussian_difference']:.0f}")
+    label = "1/√fan_in (standard init)" if std is None else ("0 (a zero conv)" if std == 0 else f"{std:g}")
+    titles = [wrap_prompt(p, 16) for p in prompts] + [""] * (3 * len(prompts))
+    fig = image_grid(torch.cat([condition * 2 - 1] + list(rows.values())), titles, ncols=len(prompts), scale=1.25,
+                     row_labels=["control image c", "frozen model\nalone", "+ new ControlNet,\nzero convs",
+                                 f"+ new ControlNet,\nGaussian, std {label}"],
+                     suptitle=f"connectors with std {label}: mean pixel change from the frozen model's samples "
+                              f"{numbers['gaussian_difference']:.0f} of 255 (zero convs: "
+                              f"{numbers['zero_conv_difference']:.0f})")
     return fig, numbers

@@ -100,9 +100,18 @@ class Comparison:
     def supported(self) -> bool:
         return self.difference.low > 0
 
+    @property
+    def verdict(self) -> str:
+        """The two-sided reading: "higher" (the interval lies above 0: the claim is supported),
+        "lower" (below 0: the opposite is), or "inconclusive" (it includes 0: neither is shown,
+        and equality is not shown either)."""
+        return "higher" if self.difference.low > 0 else "lower" if self.difference.high < 0 else "inconclusive"
+
     def __str__(self) -> str:
-        verdict = "supported" if self.supported else "not supported"
-        return f"{self.a.value:.2f} vs {self.b.value:.2f}: difference {self.difference} ({verdict})"
+        reading = {"higher": "supported",
+                   "lower": "not supported: lower, the opposite is supported",
+                   "inconclusive": "not supported: inconclusive, the interval includes 0"}[self.verdict]
+        return f"{self.a.value:.2f} vs {self.b.value:.2f}: difference {self.difference} ({reading})"
 
 
 def compare(a: Values | Groups, b: Values | Groups, *, paired: bool = False, level: float = 0.95,

@@ -1,12 +1,13 @@
-"""The book's layout: every chapter is a jupytext pair in sync, and smoke mode works."""
+"""The book's layout: every chapter is a jupytext pair in sync, built as a course (a Colab badge,
+a diagram, predict prompts, takeaways, a length read in one sitting), and smoke mode works."""
+import re
 from pathlib import Path
 
 import jupytext
 import pytest
 
+from book_files import APPENDICES, CHAPTERS, NOTEBOOKS
 from cnetlib import runtime
-
-CHAPTERS = sorted((Path(__file__).parent.parent / "chapters").glob("[0-9][0-9]_*.py"))
 
 
 def cells(nb):
@@ -17,7 +18,7 @@ def test_there_are_chapters():
     assert CHAPTERS, "no chapters/NN_slug.py found"
 
 
-@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
 def test_chapter_pair_is_in_sync(py):
     ipynb = py.with_suffix(".ipynb")
     assert ipynb.is_file(), f"{py.name} has no paired notebook {ipynb.name}: run `make sync`"
@@ -25,14 +26,14 @@ def test_chapter_pair_is_in_sync(py):
     assert a == b, f"{py.name} and {ipynb.name} differ: run `make sync` (then `make book` for outputs)"
 
 
-@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
 def test_chapter_starts_with_colab_cell_and_reads_smoke_mode(py):
     code = [c.source for c in jupytext.read(py).cells if c.cell_type == "code"]
     assert "google.colab" in code[0], "the first code cell must be the Colab install cell"
     assert any("smoke_mode()" in c for c in code[:3]), "the chapter must read smoke mode from cnetlib"
 
 
-@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
 def test_sliders_redraw_on_release_not_on_every_pixel_of_a_drag(py):
     """Every figure behind a slider takes seconds to draw: continuous updates would queue one per pixel."""
     import ast
@@ -66,14 +67,14 @@ def test_the_colab_cell_is_one_cell_in_every_chapter():
 
     first = {py.name: re.sub(r'extras=\([^)]*\)', "extras=…", next(c.source for c in jupytext.read(py).cells
                                                                       if c.cell_type == "code"))
-             for py in CHAPTERS}
+             for py in NOTEBOOKS}
     assert len(set(first.values())) == 1, f"the Colab cells differ: {sorted(first)}"
 
 
 MACHINE_TRACES = ("/work/", "/home/", "/root/", "/tmp/", "/Users/", "C:\\", "site-packages", "dist-packages")
 
 
-@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
 def test_committed_outputs_hold_no_machine_paths_or_warnings(py):
     import json
 
@@ -136,3 +137,56 @@ def test_execute_notebooks_keeps_widget_output_and_never_overwrites_on_error(tmp
         tool.main([str(bad)])
     assert bad.read_text() == before                  # a failed run leaves the notebook as it was
     assert tool.main([str(tmp_path / "missing.ipynb")]) == 2
+
+
+# ----------------------------------------------------------------------------------
+# A course, not a lab report (issue: "A course a learner can follow")
+# ----------------------------------------------------------------------------------
+COLAB = "https://colab.research.google.com/github/controlnet-book/controlnet-book/blob/main/chapters/{}.ipynb"
+
+
+def markdown(py) -> list[str]:
+    return [c.source for c in jupytext.read(py).cells if c.cell_type == "markdown"]
+
+
+def prose_words(py) -> int:
+    text = re.sub(r"```.*?```", "", "\n".join(markdown(py)), flags=re.S)
+    return len(text.split())
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_notebook_opens_with_its_own_colab_badge(py):
+    first = jupytext.read(py).cells[0]
+    assert first.cell_type == "markdown" and COLAB.format(py.stem) in first.source and "colab-badge.svg" in first.source
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_draws_a_diagram_in_its_first_half(py):
+    cells = jupytext.read(py).cells
+    drawn = [k for k, c in enumerate(cells) if c.cell_type == "code" and "from cnetlib.diagrams import" in c.source]
+    assert drawn, f"{py.name}: no diagram (cnetlib.diagrams)"
+    assert drawn[0] < len(cells) / 2, f"{py.name}: the first diagram comes at cell {drawn[0]} of {len(cells)}"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_asks_to_predict_and_ends_with_takeaways(py):
+    md = markdown(py)
+    predicts = sum(m.count("**Predict before you run.**") for m in md)
+    assert predicts >= 2, f"{py.name}: {predicts} predict-before-you-run prompts, expected at least 2"
+    boxes = [m for m in md if "> **Key takeaways**" in m]
+    assert len(boxes) == 1, f"{py.name}: expected one Key takeaways box"
+    box = boxes[0][boxes[0].index("> **Key takeaways**"):].split("\n\n")[0]
+    bullets = [line for line in box.splitlines() if line.startswith("> * ")]
+    assert 3 <= len(bullets) <= 5, f"{py.name}: {len(bullets)} takeaways, expected 3 to 5"
+
+
+@pytest.mark.parametrize("py", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_is_read_in_one_sitting(py):
+    assert prose_words(py) <= 3000, f"{py.name}: {prose_words(py)} words of prose, expected at most 3,000 " \
+                                    "(move history and long statistics to an appendix)"
+
+
+def test_every_appendix_is_linked_from_its_chapter():
+    for app in APPENDICES:
+        chapter = next(py for py in CHAPTERS if py.stem[:2] == app.stem[1:3])
+        assert f"({app.stem}.ipynb)" in chapter.read_text(), f"{chapter.name} does not link {app.name}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parent.parent
-CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+from book_files import NOTEBOOKS as CHAPTERS  # chapters and appendices
 LIBRARY = {p: [" ".join(line.split()) for line in p.read_text().splitlines()] for p in (ROOT / "cnetlib").rglob("*.py")}
 
 

@@ -33,8 +33,11 @@ def test_compare_supports_only_what_the_interval_supports():
     rng = np.random.default_rng(2)
     a, b = rng.normal(0.9, 0.05, 64), rng.normal(0.7, 0.05, 64)
     assert compare(a, b).supported and not compare(b, a).supported
+    assert (compare(a, b).verdict, compare(b, a).verdict) == ("higher", "lower")
+    assert str(compare(a, b)).endswith("(supported)") and "the opposite is supported" in str(compare(b, a))
     same = rng.normal(0.8, 0.1, 64)
     assert not compare(same, same).supported          # a tie never supports a > b
+    assert compare(same, same).verdict == "inconclusive" and "includes 0" in str(compare(same, same))
     # paired: a constant improvement of 0.01 on noisy conditions is detected when paired, not when unpaired
     base = rng.uniform(0.3, 1.0, 64)
     assert compare(base + 0.01, base, paired=True).supported

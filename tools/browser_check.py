@@ -123,8 +123,11 @@ def move(control, kind: str) -> None:
     if kind.startswith("slider"):
         handle = control.locator(".noUi-handle").first
         handle.focus()
-        handle.press("ArrowRight")
-        handle.press("ArrowRight")
+        now, top = handle.get_attribute("aria-valuenow"), handle.get_attribute("aria-valuemax")
+        at_the_end = now is not None and top is not None and float(now) >= float(top)
+        key = "ArrowLeft" if at_the_end else "ArrowRight"   # a slider at its maximum can only go down
+        handle.press(key)
+        handle.press(key)
         handle.evaluate("h => h.blur()")
     elif kind.startswith("dropdown"):
         select = control.locator("select")

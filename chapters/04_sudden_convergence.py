@@ -165,7 +165,7 @@ opt = torch.optim.AdamW(ours.parameters(), lr=RECIPE.lr, weight_decay=1e-2)
 loss_ours = controlnet_training_step(ControlledUNet(base, ours), opt, data, 8, 0.5, torch.Generator().manual_seed(0),
                                      make_schedule(base.config.schedule).alphas_cumprod)
 lib = train_controlnet(base, theirs, data, steps=1, batch_size=8, lr=RECIPE.lr, drop_prompt=0.5, seed=0, progress=False)
-torch.testing.assert_close(loss_ours, lib.losses[0], rtol=1e-4, atol=1e-6)
+torch.testing.assert_close(loss_ours, lib.losses[0], rtol=1e-4, atol=1e-5)   # a loss of order 1, in fp32
 for p, q in zip(ours.parameters(), theirs.parameters()):
     torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 assert all(p.grad is None for p in base.parameters())

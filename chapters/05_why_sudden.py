@@ -122,19 +122,8 @@ plt.show()
 # %% [markdown]
 # ## 1 · The same runs, with snapshots
 #
-# A snapshot is the ControlNet's state dict copied at every 25th step by an `on_step`
-# callback of `cnetlib.train.train_controlnet` (the training loop of chapter 04):
-#
-# ```python
-# class Snapshots:
-#     ...
-#     def keep(self, step: int, controlnet: ControlNet) -> None:
-#         self.states[step] = {k: v.detach().cpu().clone() for k, v in controlnet.state_dict().items()}
-#
-#     def __call__(self, step: int, controlnet: ControlNet) -> None:
-#         if step % self.every == 0:
-#             self.keep(step, controlnet)
-# ```
+# A snapshot is the ControlNet's state dict, copied every 25th step by an `on_step`
+# callback of chapter 04's `train_controlnet` (`cnetlib.mechanism.Snapshots`).
 #
 # Same recipe, same seed, same data: are these chapter 04's runs? The first steps say
 # yes; after that, no.
@@ -156,16 +145,13 @@ for s in SEEDS:
 print(f"measured with torch {curves[SEEDS[0]]['torch']}")
 
 # %% [markdown]
-# Over the first 25 steps the mean loss agrees with chapter 04's log to 10⁻⁷ or better,
-# so the data, the batches, the noise and the weights at step 0 are chapter 04's.
-# Chapter 04's runs were trained in an earlier environment of this book (they do not
-# record their PyTorch build; this chapter's is printed above), in which something, a
-# build, a library or a kernel choice, rounded differently in the last bits; those differences grow over a few hundred steps into
-# different trajectories, and the jumps come at steps 1050, 650 and 750 instead of 500,
-# 500 and 500. This is the first finding: **the step at which a given seed jumps is not
-# a property of the seed**; change the last bit of some additions and it moves by
-# hundreds of steps. Everything below is measured on these runs, each against its own
-# sampled curve.
+# Over the first 25 steps the mean loss agrees with chapter 04's log to 10⁻⁷ or better:
+# same data, batches, noise and starting weights. Chapter 04's runs were trained in an
+# earlier environment of this book that rounded differently in the last bits (they do
+# not record their PyTorch build); those differences grow into different trajectories,
+# and the jumps come at steps 1050, 650 and 750 instead of 500, 500 and 500. The first
+# finding: **the step at which a given seed jumps is not a property of the seed**.
+# Everything below is measured on these runs, each against its own sampled curve.
 #
 # ## 2 · Does the network change abruptly, or the sampler?
 #
@@ -175,14 +161,8 @@ print(f"measured with torch {curves[SEEDS[0]]['torch']}")
 # * **condition gain**: the loss with another image's outline minus the loss with the
 #   right one, ℓ(c′) − ℓ(c), per band of diffusion steps t. At step 0 it is exactly 0
 #   (zero convolutions); it can only become positive if the network reads the outline.
-#   For each band the same noised pairs go through the base alone, the controlled model
-#   with the right outlines, and with the outlines rolled by one image:
-#
-#   ```python
-#   sums += [float(F.mse_loss(base(x_t, t, context), target)),
-#            float(F.mse_loss(model(x_t, t, context, cond), target)),
-#            float(F.mse_loss(model(x_t, t, context, shuffled(cond)), target))]
-#   ```
+#   For each band the same noised pairs go through the controlled model with the right
+#   outlines and with the outlines rolled by one image.
 # * **outline content of c_f**: ‖c_f − mean(c_f)‖ / ‖h_0‖, the part of the condition
 #   features c_f = E(c) (E's last layer is the zero conv Z(·; Θz1)) that differs from
 #   outline to outline, next to the features h_0 of the trainable copy it is added to (a
@@ -586,11 +566,7 @@ assert all(e < c for e, c in zip(errors, constant_errors)) and max(errors) <= 75
 # SD's size is not measured here.
 #
 # **Why does the network do that?** [Appendix A05](A05_recipe_variants.ipynb) changes the
-# recipe one thing at a time on three seeds each and tests the published explanations.
-# In short: the textbook account, learning through a product of pieces that all start
-# near zero, holds only in part (zero initialisation alone does not make the flat
-# phase); taking the training signal off the high-noise steps keeps the switch from
-# coming at all; and when the switch comes looks like chance.
+# recipe one thing at a time, on three seeds each, and tests the published explanations.
 #
 # > **Key takeaways**
 # >

@@ -1,6 +1,5 @@
 """Chapter 04 · Sudden convergence: worked solutions."""
 import numpy as np
-import torch
 
 
 def iou(a, b):

@@ -75,7 +75,7 @@ def test_chapter_01_training_step_is_one_step_of_train_denoiser():
     loss = step(ours, torch.optim.AdamW(ours.parameters(), lr=1e-3, weight_decay=0.0), data, 8, 0.3,
                 torch.Generator().manual_seed(5), cosine_schedule().alphas_cumprod)
     lib = train_denoiser(theirs, data, steps=1, batch_size=8, lr=1e-3, warmup=1, drop_prompt=0.3, seed=5, progress=False)
-    torch.testing.assert_close(loss, lib.losses[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss, lib.losses[0], rtol=1e-4, atol=1e-5)
     moved = 0
     for p, q, p0 in zip(ours.parameters(), lib.raw.parameters(), model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
@@ -111,7 +111,7 @@ def test_chapter_04_training_step_is_one_step_of_train_controlnet():
     loss = step(ControlledUNet(base, ours), opt, data, 8, 0.5, torch.Generator().manual_seed(7),
                 cosine_schedule().alphas_cumprod)
     lib = train_controlnet(base, theirs, data, steps=1, batch_size=8, lr=3e-3, drop_prompt=0.5, seed=7, progress=False)
-    torch.testing.assert_close(loss, lib.losses[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(loss, lib.losses[0], rtol=1e-4, atol=1e-5)
     for p, q in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert not any(torch.equal(p, q) for p, q in zip(ours.zero_convs.parameters(), net.zero_convs.parameters()))

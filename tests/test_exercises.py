@@ -13,8 +13,7 @@ import torch
 
 from cnetlib.exercises import EXERCISES, check, compare, Mismatch
 
-ROOT = Path(__file__).parent.parent
-CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+from book_files import CHAPTERS, ROOT
 
 
 def solutions() -> dict:

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
-NOTEBOOKS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")) + sorted((ROOT / "chapters").glob("A[0-9][0-9]_*.ipynb"))
+from book_files import NOTEBOOKS as SOURCES, ROOT
+
+NOTEBOOKS = [py.with_suffix(".ipynb") for py in SOURCES]   # chapters and appendices, with their outputs
 ALLOWED = ROOT / "tests" / "prose_numbers_allowed.txt"
 
 # a percentage, a ratio, or a decimal; not inside words, versions, section numbers (§3.4) or dates
@@ -91,6 +92,11 @@ def strip_code(markdown: str) -> str:
     return re.sub(r"\b(?:[Ee]xercise|SD)\s+\d+\.\d+", "", text)     # exercise keys (01.4) and model names (SD 1.5)
 
 
+def flat(text: str) -> str:
+    """``text`` on one line (a wrapped comment's "#" dropped): phrases read across line breaks."""
+    return text.replace("\n#", " ").replace("\n", " ")
+
+
 def prose_numbers(markdown: str) -> list[str]:
     return [m.group(1) for m in PROSE_NUMBER.finditer(strip_code(markdown))]
 
@@ -114,7 +120,7 @@ def _count(word: str) -> float:
 
 def durations(text: str) -> list[dict]:
     """Each duration in ``text``: its words, qualifier and value in seconds (a range: low and high)."""
-    text = text.replace("\n#", " ").replace("\n", " ")
+    text = flat(text)
     out = []
     quarters = [m.span() for m in QUARTER_HOUR.finditer(text)]
     for m in DURATION.finditer(text):
@@ -161,7 +167,7 @@ def execution_seconds(path: Path) -> float | None:
 
 
 def fractions(text: str) -> list[tuple[str, float]]:
-    text = strip_code(text).replace("\n#", " ").replace("\n", " ")
+    text = flat(strip_code(text))
     out = [(m.group(0), FRACTION_WORDS[m.group(1).lower()]) for m in FRACTION.finditer(text)
            if not text[m.end():m.end() + 8].startswith(" of an h")]
     out += [(m.group(0), WORDS[m.group(1).lower()] / WORDS[m.group(2).lower()]) for m in IN_OF.finditer(text)]
@@ -211,10 +217,11 @@ def test_every_duration_in_the_prose_is_borne_out_by_a_cell(path):
     ok = allowed().get(path.stem, set())
     wrong = []
     for md in markdown:
-        text = strip_code(md).replace("\n#", " ").replace("\n", " ")
+        text = flat(strip_code(md))
+        found = durations(text)
         marker = text.find("Time on a 2-core CPU")
-        first_after = min((d["start"] for d in durations(text) if marker >= 0 and d["start"] > marker), default=None)
-        for d in durations(text):
+        first_after = min((d["start"] for d in found if marker >= 0 and d["start"] > marker), default=None)
+        for d in found:
             if d["text"] in ok:
                 continue
             header = d["start"] == first_after                 # the chapter's own running time

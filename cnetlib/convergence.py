@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .checks import check_number
+
 
 def running_median(y: Sequence[float], k: int = 3) -> np.ndarray:
     """Median over a centred window of ``k`` points (shrunk at the ends)."""
@@ -47,6 +49,20 @@ def first_step_staying_above(steps: Sequence[int], y: Sequence[float], level: fl
         return int(steps[0])
     k = below[-1] + 1
     return int(steps[k]) if k < len(steps) else None
+
+
+def first_step_above_for(steps: Sequence[int], y: Sequence[float], level: float, consecutive: int) -> int | None:
+    """The online reading of a level: the first step at which ``y`` has been ≥ ``level`` at
+    ``consecutive`` evaluations in a row (this one and the ones before it). Unlike
+    :func:`first_step_staying_above` it uses only what a reader has seen by then, so it can
+    fire during training, and fire falsely (chapter 05's pre-registered warning)."""
+    check_number(consecutive, name="consecutive", low=1, integer=True)
+    run = 0
+    for step, value in zip(steps, np.asarray(y, dtype=float)):
+        run = run + 1 if value >= level else 0
+        if run >= consecutive:
+            return int(step)
+    return None
 
 
 @dataclass

@@ -66,6 +66,72 @@ class Snapshots:
             self.keep(step, controlnet)
 
 
+def parameter_groups(controlnet: ControlNet) -> dict[str, list[torch.nn.Parameter]]:
+    """The ControlNet's trainable parameters in the three parts chapter 05 follows: ``theta_z1``
+    (the condition encoder's last conv Z(·; Θz1), the first door of the outline), ``connectors``
+    (the zero convs Z(·; Θz2) into the frozen model) and ``copy`` (everything else: Θc and E's
+    first layers)."""
+    z1 = list(controlnet.condition_encoder.layers[-1].parameters())
+    connectors = list(controlnet.zero_convs.parameters())
+    taken = {id(p) for p in z1 + connectors}
+    rest = [p for p in controlnet.parameters() if p.requires_grad and id(p) not in taken]
+    return {"theta_z1": z1, "connectors": connectors, "copy": rest}
+
+
+class GradientSNR:
+    """An ``on_step`` callback for :func:`cnetlib.train.train_controlnet`: the signal-to-noise
+    ratio of the gradients the optimiser sees (after clipping), per part of
+    :func:`parameter_groups`, over consecutive windows of ``window`` steps (chapter 05).
+
+    Over a window of W gradients g_k with mean ḡ, ``snr`` = ‖ḡ‖ / √(mean_k ‖g_k − ḡ‖² / (W − 1)):
+    about 1 when the steps' gradients are pure noise around zero (the mean of W of them
+    is √(W − 1) smaller than their spread), much more when they agree on a direction. Adam
+    moves every weight by about lr per step whatever the gradient's size, so it is this
+    agreement, not the gradient's size, that decides whether the steps add up. ``coord``
+    is the same per weight (|ḡ_j| / (s_j / √(W − 1)), median over the part's weights) and
+    ``rms`` the gradient's per-weight RMS. Rows go to ``records``: ``{"step": last step
+    of the window, part: {"snr", "coord", "rms"}}``."""
+
+    def __init__(self, window: int = 25) -> None:
+        self.window = check_number(window, name="window", low=2, integer=True)
+        self.records: list[dict] = []
+        self._sum: dict[str, torch.Tensor] = {}
+        self._sq: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def __call__(self, step: int, controlnet: ControlNet) -> None:
+        for name, params in parameter_groups(controlnet).items():
+            g = torch.cat([p.grad.detach().reshape(-1) for p in params if p.grad is not None]).double()
+            if name not in self._sum:
+                self._sum[name], self._sq[name] = torch.zeros_like(g), torch.zeros_like(g)
+            self._sum[name] += g
+            self._sq[name] += g * g
+        self._count += 1
+        if self._count < self.window:
+            return
+        w, row = self.window, {"step": int(step)}
+        for name in self._sum:
+            mean = self._sum[name] / w
+            var = (self._sq[name] / w - mean * mean).clamp_min(0.0)       # per weight, over the window
+            spread = float(var.sum()) / (w - 1)
+            row[name] = {"snr": float(mean.norm()) / max(spread, 1e-300) ** 0.5,
+                         "coord": float((mean.abs() / (var / (w - 1)).sqrt().clamp_min(1e-300)).median()),
+                         "rms": float((self._sq[name] / w).mean().sqrt())}
+        self.records.append(row)
+        self._sum, self._sq, self._count = {}, {}, 0
+
+
+def on_steps(*callbacks):
+    """One ``on_step`` callback that calls each of ``callbacks`` (None entries skipped) in turn."""
+    callbacks = [c for c in callbacks if c is not None]
+
+    def call(step: int, controlnet: ControlNet) -> None:
+        for c in callbacks:
+            c(step, controlnet)
+
+    return call
+
+
 def shuffled(condition: torch.Tensor) -> torch.Tensor:
     """Each image gets the next image's condition (a roll by one: nobody keeps its own)."""
     if condition.shape[0] < 2:
@@ -130,16 +196,23 @@ class MechanismProbe:
         return q_sample(x0, t, noise, schedule), t, prediction_target(x0, noise, t, schedule, base.config.prediction)
 
     @torch.no_grad()
-    def condition_gain(self, base: ToyUNet, controlnet: ControlNet) -> dict[str, dict[str, float]]:
-        """Per band of :data:`BANDS`: the denoising loss of the frozen base alone, of the
-        controlled model with the true condition and with a shuffled one (:func:`shuffled`),
-        and ``gain`` = shuffled − true: how much the *right* outline lowers the loss. 0 at
-        step 0 (zero connectors); it can only grow if the network reads the condition."""
+    def condition_gain(self, base: ToyUNet, controlnet: ControlNet,
+                       bands: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
+        """Per band of :data:`BANDS` (or only ``bands``: each band's numbers are the same
+        either way): the denoising loss of the frozen base alone, of the controlled model with
+        the true condition and with a shuffled one (:func:`shuffled`), and ``gain`` =
+        shuffled − true: how much the *right* outline lowers the loss. 0 at step 0 (zero
+        connectors); it can only grow if the network reads the condition."""
+        unknown = sorted(set(bands or ()) - set(BANDS))
+        if unknown:
+            raise ValueError(f"bands: expected names of {list(BANDS)}, got {unknown}")
         model = ControlledUNet(base, controlnet).eval()
         context = base.encode_prompts(self.prompts[: self.loss_n])
         cond = self.conditions[: self.loss_n]
         out = {}
         for name, band in BANDS.items():
+            if bands is not None and name not in bands:
+                continue
             sums = np.zeros(3)
             for d in range(self.loss_draws):
                 x_t, t, target = self._noised(base, band, d)

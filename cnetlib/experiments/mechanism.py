@@ -31,7 +31,7 @@ from ..base import load_or_train_base
 from ..checkpoint import atomic_save, atomic_write_text
 from ..controlnet import toy_controlnet
 from ..data import Fill50k
-from ..mechanism import MechanismProbe, Snapshots, condition_path
+from ..mechanism import GradientSNR, MechanismProbe, Snapshots, condition_path, on_steps
 from ..probes import connector_rms
 from ..runtime import DATA_DIR, ROOT
 from ..train import train_controlnet
@@ -100,9 +100,11 @@ def _recipe_controlnet(base, seed: int, variant: str = "zero", open_encoder: boo
 
 
 def train_snapshots(seed: int, until: int, every: int, work: Path, progress: bool = True,
-                    variant: str | None = None) -> dict[int, dict]:
+                    variant: str | None = None, snr: bool = False) -> dict[int, dict]:
     """The ControlNet of chapter 04's ``seed{seed}`` run (or of its recipe ``variant``) every
-    ``every`` steps up to ``until``, with its training losses; cached in ``work/snapshots.pt``."""
+    ``every`` steps up to ``until``, with its training losses (and, with ``snr``, the gradients'
+    signal-to-noise ratio over every 25 steps: :class:`cnetlib.mechanism.GradientSNR`); cached
+    in ``work/snapshots.pt``."""
     path = work / "snapshots.pt"
     if path.is_file():
         return torch.load(path, weights_only=True)
@@ -111,16 +113,21 @@ def train_snapshots(seed: int, until: int, every: int, work: Path, progress: boo
     net = _recipe_controlnet(base, seed, r["variant"], r.get("open_encoder", False))
     snaps = Snapshots(every, work / "snapshots")   # on disk too: a resumed run keeps the first part's
     snaps.keep(0, net)
+    gradient_snr = GradientSNR(25) if snr else None
     data = Fill50k(r["n_train"], seed=0, condition=RECIPE.condition)
     run = train_controlnet(base, net, data, steps=r["steps"], batch_size=RECIPE.batch_size, lr=r["lr"],
                            lr_schedule=r["lr_schedule"], drop_prompt=r["drop_prompt"], weighting=r["weighting"],
                            timesteps=r["timesteps"], seed=seed, eval_every=RECIPE.eval_every,
-                           sample_every=RECIPE.sample_every, out_dir=work / "train", progress=progress, on_step=snaps,
+                           sample_every=RECIPE.sample_every, out_dir=work / "train", progress=progress,
+                           on_step=on_steps(snaps, gradient_snr),
                            stop_at=until)
     if run.interrupted or len(run.losses) < until:
         raise KeyboardInterrupt(f"interrupted after step {len(run.losses)}; run the same command again to resume")
     out = {"states": dict(sorted(snaps.states.items())), "losses": torch.tensor(run.losses),
            "seconds": torch.tensor(run.seconds)}
+    if gradient_snr is not None:
+        out["snr"] = gradient_snr.records   # a resumed run has them from its resume on
+        out["snr_from"] = run.resumed_from
     atomic_save(out, path)
     shutil.rmtree(work / "snapshots")   # all of them are in snapshots.pt now
     return out
@@ -138,7 +145,7 @@ def trajectory_check(losses: Sequence[float], shipped_log: list[dict], every: in
 
 def measure(seed: int = 0, until: int | None = None, every: int = 25, follow_every: int = 50, alpha_every: int = 100,
             alpha_draws: int = 8, out: Path | None = None, progress: bool = True, variant: str | None = None,
-            probe: dict | None = None) -> dict:
+            probe: dict | None = None, snr: bool = False) -> dict:
     """Train (or load) the snapshots of ``seed{seed}`` (chapter 04's recipe, or its ``variant`` of
     :data:`RECIPE_VARIANTS`) and measure them; returns the curves. ``probe``: options of the
     :class:`~cnetlib.mechanism.MechanismProbe` (default: 8 outlines × 16 noise draws)."""
@@ -148,7 +155,7 @@ def measure(seed: int = 0, until: int | None = None, every: int = 25, follow_eve
     work = LOCAL / f"{prefix}seed{seed}_until{until}_every{every}"   # the snapshots: one folder per setting
     out = Path(out) if out is not None else work
     work.mkdir(parents=True, exist_ok=True)
-    snaps = train_snapshots(seed, until, every, work, progress, variant)
+    snaps = train_snapshots(seed, until, every, work, progress, variant, snr)
     shipped = SHIPPED / f"seed{seed}"   # chapter 04's run of this seed, if the book ships it
     curves_path = out / "curves.json"
     curves = json.loads(curves_path.read_text()) if curves_path.is_file() else {
@@ -160,6 +167,8 @@ def measure(seed: int = 0, until: int | None = None, every: int = 25, follow_eve
             variant is None and (shipped / "log.jsonl").is_file()) else None
     curves["torch"] = torch.__version__   # the trajectories depend on the build's float rounding (chapter 05)
     curves["loss_per_step"] = [round(float(v), 6) for v in snaps["losses"]]
+    if "snr" in snaps:
+        curves["snr"], curves["snr_from"] = snaps["snr"], int(snaps["snr_from"])
     if "seconds" in snaps:
         curves["train_seconds"] = round(float(snaps["seconds"]), 1)
     probe = MechanismProbe(**(probe or {}))

@@ -65,6 +65,23 @@ def first_step_above_for(steps: Sequence[int], y: Sequence[float], level: float,
     return None
 
 
+def window_trend(steps: Sequence[int], y: Sequence[float], per: int = 100) -> dict[str, float]:
+    """A straight line fitted to ``y`` over one window of steps (chapter 04 compares the loss in
+    equal windows before, across and after the jump): ``mean``, ``slope`` per ``per`` steps with
+    its standard error ``slope_se``, and ``noise``, the scatter of the points around the line
+    (their residual standard deviation). Two windows' slopes differ beyond their noise when
+    |Δ slope| exceeds about 2·√(se₁² + se₂²)."""
+    x, y = np.asarray(steps, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or len(x) != len(y):
+        raise ValueError(f"steps, y: expected the same number of points, at least 3, got {len(x)} and {len(y)}")
+    a = np.vstack([x, np.ones_like(x)]).T
+    (slope, icept), *_ = np.linalg.lstsq(a, y, rcond=None)
+    resid = y - a @ np.array([slope, icept])
+    noise = float(np.sqrt((resid ** 2).sum() / (len(y) - 2)))
+    se = noise / float(np.sqrt(((x - x.mean()) ** 2).sum()))
+    return {"mean": float(y.mean()), "slope": float(slope) * per, "slope_se": se * per, "noise": noise, "n": len(y)}
+
+
 @dataclass
 class Jump:
     """What :func:`detect_jump` found (steps are training steps; None where not reached)."""

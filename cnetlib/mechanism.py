@@ -158,6 +158,7 @@ class MechanismProbe:
     seed: int = 1
     condition: str = "outline"
     size: int = 32
+    bands: tuple[str, ...] | None = None   #: condition_gain's bands when it is not told (None: all of BANDS)
     data: Fill50k = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -203,6 +204,7 @@ class MechanismProbe:
         the true condition and with a shuffled one (:func:`shuffled`), and ``gain`` =
         shuffled − true: how much the *right* outline lowers the loss. 0 at step 0 (zero
         connectors); it can only grow if the network reads the condition."""
+        bands = self.bands if bands is None else bands
         unknown = sorted(set(bands or ()) - set(BANDS))
         if unknown:
             raise ValueError(f"bands: expected names of {list(BANDS)}, got {unknown}")
@@ -432,3 +434,32 @@ def trend_test(groups: Sequence[Sequence[float | None]], max_splits: int = 2_000
     pairs = sum(sizes[g] * sizes[h] for g in range(len(sizes)) for h in range(g + 1, len(sizes)))
     return {"j": j, "pairs": float(pairs), "p_rising": p_rising, "p_falling": p_falling,
             "p": min(1.0, 2 * min(p_rising, p_falling))}
+
+
+def spread_test(groups: Sequence[Sequence[float]], other: Sequence[float], permutations: int = 20_000,
+                seed: int = 0) -> dict[str, float]:
+    """Is the spread within ``groups`` (e.g. the switch steps of the restarts of each run, one
+    group per run) the same as the spread of ``other`` (the switch steps of independent training
+    seeds)? A Brown–Forsythe test: every value's absolute deviation from its own group's median,
+    then a permutation test (``permutations`` random relabellings, seeded) of the difference of
+    the two sets' mean absolute deviations. Returns ``mad_groups`` and ``mad_other`` (the mean
+    absolute deviations), their ``ratio`` and ``p`` (two-sided). Chapter 05 reads a ratio near 1
+    with a large p as "the restarts spread as widely as the seeds": the timing is decided after
+    the snapshot."""
+    groups = [np.asarray(g, float) for g in groups]
+    other = np.asarray(other, float)
+    if not groups or min(len(g) for g in groups) < 2 or len(other) < 2:
+        raise ValueError(f"groups, other: expected groups of at least 2 values and at least 2 others, got sizes "
+                         f"{[len(g) for g in groups]} and {len(other)}")
+    dev_a = np.concatenate([np.abs(g - np.median(g)) for g in groups])
+    dev_b = np.abs(other - np.median(other))
+    observed = dev_a.mean() - dev_b.mean()
+    pooled = np.concatenate([dev_a, dev_b])
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(permutations):
+        rng.shuffle(pooled)
+        hits += abs(pooled[: len(dev_a)].mean() - pooled[len(dev_a):].mean()) >= abs(observed) - 1e-12
+    return {"mad_groups": float(dev_a.mean()), "mad_other": float(dev_b.mean()),
+            "ratio": float(dev_a.mean() / dev_b.mean()) if dev_b.mean() > 0 else float("inf"),
+            "p": float((hits + 1) / (permutations + 1))}

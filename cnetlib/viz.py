@@ -21,6 +21,27 @@ def _as_hwc(images: torch.Tensor | np.ndarray, value_range: tuple[float, float])
     return np.asarray(images)
 
 
+def seed_colour(seed: int) -> str:
+    """The colour of training seed ``seed`` in every figure of chapters 04-05 and their appendices
+    (matplotlib's ten-colour cycle: seed 0 blue, 1 orange, 2 green, 3 red, 4 purple, ...)."""
+    return f"C{int(seed) % 10}"
+
+
+def outline_overlay(images: np.ndarray, conditions: np.ndarray, colour: tuple[int, int, int] = (255, 0, 255),
+                    alpha: float = 0.7) -> np.ndarray:
+    """``uint8 (B, H, W, 3)`` samples with their condition's outline (the bright pixels of
+    ``conditions``, same shape) drawn over them in ``colour``: whether a disk fills its
+    outline is then visible at a glance (chapter 04's sample strips)."""
+    images, conditions = np.asarray(images), np.asarray(conditions)
+    if images.shape != conditions.shape or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images, conditions: expected two uint8 arrays of one shape (B, H, W, 3), "
+                         f"got {images.shape} and {conditions.shape}")
+    line = conditions.mean(-1) > 127
+    out = images.astype(float)
+    out[line] = (1 - alpha) * out[line] + alpha * np.asarray(colour, float)
+    return out.round().astype(np.uint8)
+
+
 def image_grid(images: torch.Tensor | np.ndarray, titles: Sequence[str] | None = None, *, ncols: int = 8,
                scale: float = 1.3, value_range: tuple[float, float] = (-1.0, 1.0), suptitle: str | None = None,
                title_size: float = 6.5, row_labels: Sequence[str] | None = None):

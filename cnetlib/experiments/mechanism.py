@@ -31,7 +31,7 @@ from ..base import load_or_train_base
 from ..checkpoint import atomic_save, atomic_write_text
 from ..controlnet import toy_controlnet
 from ..data import Fill50k
-from ..mechanism import GradientSNR, MechanismProbe, Snapshots, condition_path, on_steps
+from ..mechanism import BANDS, GradientSNR, MechanismProbe, Snapshots, condition_path, on_steps
 from ..probes import connector_rms
 from ..runtime import DATA_DIR, ROOT
 from ..train import train_controlnet
@@ -173,7 +173,8 @@ def measure(seed: int = 0, until: int | None = None, every: int = 25, follow_eve
         curves["train_seconds"] = round(float(snaps["seconds"]), 1)
     probe = MechanismProbe(**(probe or {}))
     curves["probe"] = {"n": probe.n, "draws": probe.draws, "steps": probe.steps, "guidance": probe.guidance,
-                       "threshold": probe.threshold, "loss_n": probe.loss_n, "loss_draws": probe.loss_draws}
+                       "threshold": probe.threshold, "loss_n": probe.loss_n, "loss_draws": probe.loss_draws,
+                       "bands": list(probe.bands or BANDS)}
     rows = {r["step"]: r for r in curves["snapshots"]}
     base = load_or_train_base(progress=progress)
     net = _recipe_controlnet(base, seed, r["variant"], r.get("open_encoder", False)).eval()

@@ -189,17 +189,23 @@ def plot_arms(arms: dict[str, list[Run]], key: str = "iou", title: str = "", yla
     return fig
 
 
-def sample_strip(run: Run, steps: list[int], conditions: np.ndarray, key: str = "images"):
-    """The paper's Figure 4 at toy scale: the condition row, then the samples at each step."""
+def sample_strip(run: Run, steps: list[int], conditions: np.ndarray, key: str = "images",
+                 labels: Sequence[str] | None = None, overlay: bool = True):
+    """The paper's Figure 4 at toy scale: the condition row, then the samples at each step,
+    each row named by ``labels`` (default: its step) and, with ``overlay``, with the
+    outline drawn over every sample in magenta (:func:`cnetlib.viz.outline_overlay`)."""
     from .. import viz
 
     steps = [min(run.sample_steps(), key=lambda s: abs(s - want)) for want in steps]
     k = run.samples[steps[0]][key].shape[0]
-    rows = [conditions[:k]] + [run.samples[s][key] for s in steps]
-    titles = ["condition"] + [""] * (k - 1)
-    for s in steps:
-        titles += [f"step {s}"] + [""] * (k - 1)
-    return viz.image_grid(np.concatenate(rows), titles, ncols=k, scale=1.05)
+    samples = [run.samples[s][key] for s in steps]
+    if overlay:
+        samples = [viz.outline_overlay(x, conditions[:k]) for x in samples]
+    labels = [f"step {s}" for s in steps] if labels is None else [f"{lab}\n(step {s})" for lab, s in zip(labels, steps)]
+    if len(labels) != len(steps):
+        raise ValueError(f"labels: expected one per step ({len(steps)}), got {len(labels)}")
+    return viz.image_grid(np.concatenate([conditions[:k]] + samples), ncols=k, scale=1.05,
+                          row_labels=["outline c", *labels])
 
 
 def summary_table(runs: list[Run]) -> list[dict]:

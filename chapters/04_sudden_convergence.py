@@ -17,8 +17,9 @@
 # learn to follow its condition gradually. For thousands of steps its samples ignore the
 # condition, then within a few dozen steps (6,100 → 6,133 in the figure) they follow it,
 # "usually in less than 10K optimisation steps". Users of the reference code report the
-# same, and also the frustration that comes with it: the loss curve shows nothing, so
-# one cannot tell from it whether the jump has happened.
+# same, and a frustration the paper does not mention: their loss curve shows nothing,
+# so they cannot tell from it whether the jump has happened ("the loss just fluctuated
+# over time and never went down", lllyasviel/ControlNet#215).
 #
 # **You will learn** what one ControlNet training step computes, written out; how to
 # measure **condition fidelity** (does a sample draw the circle where the outline is?)
@@ -26,8 +27,8 @@
 # sudden the jump is at toy scale, for the mean of many samples and for one sample.
 #
 # **You need** chapter 01 (the frozen model, IoU, DDIM, classifier-free guidance) and
-# chapter 03 (the ControlNet). Every fidelity number comes with a 95 % interval over
-# training seeds and outlines (chapter 01, section 7, says what such an interval is).
+# chapter 03 (the ControlNet). Fidelity means and comparisons come with a 95 % interval
+# over training seeds and outlines (chapter 01, section 7, says what such an interval is).
 #
 # The paper's ablations (Gaussian connectors, ControlNet-lite, prompt dropping) measured
 # the same way, and the search that led to the recipe, are in
@@ -165,7 +166,7 @@ opt = torch.optim.AdamW(ours.parameters(), lr=RECIPE.lr, weight_decay=1e-2)
 loss_ours = controlnet_training_step(ControlledUNet(base, ours), opt, data, 8, 0.5, torch.Generator().manual_seed(0),
                                      make_schedule(base.config.schedule).alphas_cumprod)
 lib = train_controlnet(base, theirs, data, steps=1, batch_size=8, lr=RECIPE.lr, drop_prompt=0.5, seed=0, progress=False)
-torch.testing.assert_close(loss_ours, lib.losses[0], rtol=1e-4, atol=1e-5)   # a loss of order 1, in fp32
+torch.testing.assert_close(loss_ours, lib.losses[0], rtol=1e-4, atol=1e-5)   # one fp32 loss
 for p, q in zip(ours.parameters(), theirs.parameters()):
     torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 assert all(p.grad is None for p in base.parameters())
@@ -186,7 +187,8 @@ print(field_table(RECIPE))
 # %% [markdown]
 # ## 2 · Measuring condition fidelity
 #
-# The loss says little about it (we will measure how little), so we look at samples. A
+# Users report that the loss says little about it (section 3 tests that on the toy), so
+# we look at samples. A
 # `FidelityProbe` holds 32 held-out outlines with their prompts and fixed sampling seeds.
 # At an evaluation it samples each with DDIM (20 steps) twice: with its full prompt at
 # guidance β = 3, and with the empty prompt. It segments the circle each sample draws
@@ -227,8 +229,8 @@ assert live.log[-1]["circle_accuracy"] >= 0.75   # a fresh ControlNet leaves the
 # the mode chapter 06 finds best without a prompt (`cond_only`: the control in the
 # prompted prediction only, β = 3).
 #
-# **Predict before you run.** The training loss falls smoothly from the first step.
-# Will the sampled IoU rise smoothly too, or stay flat and then jump?
+# **Predict before you run.** The training loss falls slowly over the run. Will the
+# sampled IoU rise slowly too, or stay flat and then jump?
 
 # %%
 from cnetlib.experiments.runs import SEEDS, arm_interval, per_sample_after, plot_fidelity_and_loss, run_or_load
@@ -284,45 +286,74 @@ if not TRAIN:   # the numbers in the prose below, from the shipped runs
 #
 # ### Does the loss see it?
 #
-# The paper's Figure 4 comes with a warning that users of the reference code repeat: the
-# loss curve stays flat through the jump, so it cannot tell you whether the model has
-# learnt to follow the condition. Over the stretch where fidelity rises from 10 % to 90 %
-# of its gain, how much does our loss change, and does it move with fidelity?
+# The paper says nothing about the loss; users of the reference code report that it
+# stays flat through the jump (#215 above). A correlation between loss and IoU over the
+# whole run would not test that: both move with training time, so they correlate
+# whether or not the loss registers the jump. A fairer test cuts each run into three
+# **equal windows**: the rise of the IoU from 10 % to 90 % of its gain ("across";
+# `step_10` and `step_90`, the first steps from which the IoU stays above those shares
+# of its rise, defined with the detector in section 4), and windows of the same length
+# just before and just after it. `cnetlib.convergence.window_trend` fits a line to the
+# logged loss (a mean of 25 steps) in each window: its level, its slope with a standard
+# error, and the points' scatter around the line. Training always lowers the loss a
+# little, so the question is whether it drops across the jump by *more* than the
+# trend of the window before predicts.
+#
+# **Predict before you run.** Will the loss step down when the samples start to follow?
 
 # %%
-corrs, loss_changes, iou_rises = [], [], []
+from cnetlib.convergence import window_trend
+
+print(f"{'run':<7}{'window':<8}{'steps':>11}{'mean loss':>11}{'slope per 100 steps':>26}{'scatter':>9}")
+windows, excess = {}, {}
 for run in seeds:
     j = run.summary["jump"]
-    steps, loss = run.curve("loss")
     lo, hi = j["step_10"], j["step_90"]
-    before = loss[(steps > 0) & (steps <= lo)][-8:].mean()
-    after = loss[steps >= hi][:8].mean()
-    iou_s, iou = run.curve("iou")
-    i_lo, i_hi = iou[iou_s <= lo][-1], iou[iou_s >= hi][0]
-    loss_at = np.array([loss[steps == x][0] for x in iou_s[1:]])
-    corrs.append(np.corrcoef(loss_at, iou[1:])[0, 1])
-    loss_changes.append((after - before) / before)
-    iou_rises.append((i_hi - i_lo) / i_lo)
-    print(f"{run.name}: steps {lo}→{hi}: sampled IoU {i_lo:.2f} → {i_hi:.2f} ({(i_hi - i_lo) / i_lo:+.0%}), "
-          f"loss {before:.4f} → {after:.4f} ({(after - before) / before:+.0%}); "
-          f"correlation of loss and IoU over the run: {corrs[-1]:+.2f}")
-    assert (after - before) / before < -0.1 and corrs[-1] < -0.6   # the loss drops visibly, in step with IoU
-assert np.mean(corrs) < -0.7
-print(f"the circle covers {probe.masks.mean():.0%} of a probe image's pixels on average")
-if not TRAIN:   # the prose below: the loss falls by about a quarter, the IoU rises by a quarter to a third
-    assert all(-0.3 < c < -0.2 for c in loss_changes) and all(0.2 < r < 0.4 for r in iou_rises)
+    w = hi - lo
+    steps, loss = run.curve("loss")
+    for name, (a, b) in {"before": (lo - w, lo), "across": (lo, hi), "after": (hi, hi + w)}.items():
+        keep = (steps > max(a, 0)) & (steps <= b)
+        if keep.sum() < 3:   # a run that jumps late has no full window after its rise
+            continue
+        windows[(run.name, name)] = t = window_trend(steps[keep], loss[keep])
+        print(f"{run.name:<7}{name:<8}{f'{max(a, 0)}–{b}':>11}{t['mean']:>11.4f}"
+              f"{t['slope']:>+15.4f} ± {t['slope_se']:.4f}{t['noise']:>9.4f}")
+    for first, then in (("before", "across"), ("across", "after")):   # the drop beyond the earlier trend
+        if (run.name, first) in windows and (run.name, then) in windows:
+            p, q = windows[(run.name, first)], windows[(run.name, then)]
+            beyond = (q["mean"] - p["mean"]) - p["slope"] * w / 100
+            se = np.sqrt(p["noise"] ** 2 / p["n"] + q["noise"] ** 2 / q["n"] + (p["slope_se"] * w / 100) ** 2)
+            excess[(run.name, then)] = (beyond, beyond / se)
+for (name, then), (beyond, z) in excess.items():
+    print(f"{name}, {'before → across' if then == 'across' else 'across → after'}: the level changes by "
+          f"{beyond:+.4f} beyond the earlier window's trend (z = {z:+.1f} standard errors)")
+drops = [(windows[(r.name, "after")]["mean"] - windows[(r.name, "before")]["mean"]) / windows[(r.name, "before")]["mean"]
+         for r in seeds if (r.name, "after") in windows]
+print(f"loss, window after against window before: {', '.join(f'{d:+.0%}' for d in drops)}")
+if not TRAIN:   # the numbers in the prose below
+    z = {k: v[1] for k, v in excess.items()}
+    assert z[("seed0", "across")] < -2                                     # seed 0 steps down with the jump...
+    assert all(abs(z[(n, "across")]) < 2 for n in ("seed1", "seed2"))      # ...seeds 1 and 2 fall as before
+    assert all(abs(z[(n, "after")]) < 2 for n in ("seed0", "seed1", "seed2"))
+    assert [f"{d:.0%}" for d in drops] == ["-29%", "-29%", "-31%"]
+    assert [f"{f(t['noise'] for t in windows.values()):.4f}" for f in (min, max)] == ["0.0026", "0.0045"]
+    assert f"{windows[('seed0', 'before')]['slope']:+.4f}" == "-0.0001" and f"{excess[('seed0', 'across')][0]:.4f}" == "-0.0086"
 
 # %% [markdown]
-# **At toy scale the paper's observation does not hold.** Across the jump the loss
-# falls by about a quarter while the IoU rises by a fifth to more than a third, and
-# over the whole run the two are strongly (negatively) correlated: a reader watching
-# this loss curve would see the jump. The difference is one of proportions. Our images are 32 × 32 and a
-# quarter of their pixels belong to the circle: where the circle goes is a large part of
-# what the network must predict at high noise levels, so learning it shows in the loss.
-# A 512 × 512 Stable Diffusion image carries far more detail that the condition does
-# not explain, and the part of the loss that the condition removes is lost in it. What
-# the loss cannot tell at any scale is *how* the fidelity rose, suddenly or gradually,
-# and for which conditions. Watch samples.
+# **On the toy the loss shows the jump in one seed of three, and weakly.** Over the
+# three windows the loss falls by about 30 % (29 %, 29 % and 31 %), but most of that
+# is the slow fall training always brings. In seed 0, whose loss was flat for its
+# first 400 steps (slope −0.0001 per 100 steps), the loss steps down as the IoU rises:
+# 0.0086 beyond its earlier trend, 2.5 standard errors. In seeds 1 and 2 the loss was
+# already falling, and the drop across the rise is what that trend predicts (0.3 and
+# 0.7 standard errors); after the rise no seed departs from its trend. And the step is
+# small next to what a reader sees: each 25-step mean scatters by 0.0026 to 0.0045
+# around its window's line, a third to a half of seed 0's step, so it shows only in a
+# mean over a hundred steps or more. The users' report (a loss that shows nothing) is
+# close to the toy's picture: the loss is no reliable sign of the jump. (An earlier
+# edition read the jump into a correlation of loss and IoU over the whole run, −0.84
+# to −0.92; two curves that both trend with time correlate like that anyway.) Chapter 05
+# finds quantities that do mark the jump.
 #
 # ### Is the proxy good enough?
 #
@@ -344,12 +375,24 @@ save_figure(fig, "04_proxy_validation")
 plt.show()
 print(f"{len(pairs)} evaluations: correlation {r:.3f}, mean |proxy − sampled| = {np.abs(pairs[:, 0] - pairs[:, 1]).mean():.3f}")
 assert r > 0.95
+bias = {}
+for run in seeds:   # where the proxy sits: before the rise (steps < 10 %) and during it (10 % → 90 %)
+    j = run.summary["jump"]
+    rows = [r for r in run.log if "iou" in r]
+    for phase, keep in (("before", lambda x: x < j["step_10"]), ("rising", lambda x: j["step_10"] <= x <= j["step_90"])):
+        bias.setdefault(phase, []).extend(r["proxy_iou"] - r["iou"] for r in rows if keep(r["step"]))
+print(f"proxy − sampled before the rise: {np.mean(bias['before']):+.3f}, during it: {np.mean(bias['rising']):+.3f}")
+assert np.mean(bias["before"]) > 0.02 and np.mean(bias["rising"]) < -0.02   # above before, below during
 
 # %% [markdown]
 # A one-pass proxy (the x̂_0 a single forward pass predicts from the target noised to
 # step t) did not work on the first base: at t = 700 the noised target still shows
 # where the circle is, so the untrained ControlNet already scored about 0.8, and at
-# t = 950 it barely moved. Four real sampling steps are cheap enough and track the sampled IoU.
+# t = 950 it barely moved. Four real sampling steps are cheap enough and track the
+# sampled IoU closely (r above 0.95), with a bias worth knowing: the proxy reads about
+# 0.04 *above* the sampled IoU before the rise and 0.04 *below* it while the IoU
+# rises. Section 5's per-sample switching steps come from the proxy, so they may lie a
+# little late.
 
 # %% [markdown]
 # ## 4 · The detector
@@ -373,27 +416,36 @@ table = summary_table(seeds)
 print_table(table, ["run", "jump_step", "seconds_to_jump", "step_10", "step_90", "sharpness", "abrupt",
                     "iou_before", "iou_after", "circle_accuracy", "background_accuracy"])
 for row in table:
-    assert row["jump_step"] is not None                          # a jump is detected in every seed...
-    assert row["seconds_to_jump"] < 360                          # ...within 6 minutes on a 2-core CPU
-    assert 300 <= row["step_90"] - row["step_10"] <= 400 and 0.3 < row["sharpness"] < 0.6
+    assert row["jump_step"] is not None                          # a jump is detected in every seed
     assert row["circle_accuracy"] >= 0.9 and row["background_accuracy"] >= 0.9   # the prompt still rules colour
-if not TRAIN:   # the numbers in the prose below
+if not TRAIN:   # the numbers in the prose below (a retrained run jumps elsewhere: the box below)
+    assert all(row["seconds_to_jump"] < 360 for row in table)    # within 6 minutes on a 2-core CPU
+    assert all(300 <= row["step_90"] - row["step_10"] <= 400 and 0.3 < row["sharpness"] < 0.6 for row in table)
     assert [row["jump_step"] for row in table] == [500, 500, 500]
     assert [f"{row['sharpness']:.2f}" for row in table] == ["0.45", "0.56", "0.41"]
 mean_after = np.mean([row["iou_after"] for row in table])
 print(f"\nmean IoU after training: {mean_after:.3f} (before: {np.mean([row['iou_before'] for row in table]):.3f})")
 
 # %% [markdown]
-# Every seed jumps, within the first 6 minutes on two CPU cores (at step 500 in all
-# three: the sampled curve is evaluated every 100 steps, so that is a grid point, and in
-# seed 1 the 10 % and 50 % points fall on the same evaluation), and keeps the prompt's colours. The mean curve is borderline abrupt: its
-# sharpness is 0.45, 0.56 and 0.41 (only seed 1 crosses the 0.5 line), and 10 % → 90 %
-# of the gain takes 300–400 steps of the 1,200-step run. (On the first base of chapter
-# 01 the same measurement gave 0.28, 0.42 and 0.51 over 600–900 steps of 2,000: the
-# crisper base jumps sooner, not more abruptly.) The same steps do not survive a change of
-# environment: chapter 05 retrains these seeds where the last-bit rounding differs, and
-# their jumps come at other steps. The step at which a seed jumps
-# is not a property of the seed. Where does that leave the paper's claim?
+# Every seed of these runs jumps, within their first 6 minutes on two CPU cores (at
+# step 500 in all three: the sampled curve is evaluated every 100 steps, so that is a
+# grid point, and in seed 1 the 10 % and 50 % points fall on the same evaluation), and
+# keeps the prompt's colours. The mean curve is borderline abrupt: its sharpness is
+# 0.45, 0.56 and 0.41 (only seed 1 crosses the 0.5 line), and 10 % → 90 % of the gain
+# takes 300–400 steps of the 1,200-step run.
+#
+# > **Revised by chapter 05.** Three seeds all jumping at step 500 was a narrow draw.
+# > Chapter 05 retrains these same seeds on a machine whose floating-point arithmetic
+# > rounds differently in the last bits (the same code, another CPU or library build;
+# > the differences grow through training), measured with its own probe every 50 steps,
+# > and they jump at steps 1,050, 650 and 750; its five seeds jump anywhere from step 400
+# > to 1,050, and of five more seeds one had not switched by step 1,200. So the recipe
+# > sets a wide distribution of jump steps, not a step, and the 6 minutes above hold for
+# > these runs only. Timing comparisons over three seeds need a test that knows how few
+# > three are: appendix A04 uses exact rank tests for them.
+#
+# Where does that leave the paper's claim that the jump is sudden? Look at one sample
+# at a time.
 
 # %% [markdown]
 # ## 5 · One sample at a time
@@ -408,16 +460,22 @@ print(f"\nmean IoU after training: {mean_after:.3f} (before: {np.mean([row['iou_
 # %%
 from cnetlib.convergence import per_sample_jumps
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-for k, run in enumerate(seeds):
+from cnetlib.viz import seed_colour
+
+fig, axes = plt.subplots(2, len(seeds), figsize=(11, 4.6), sharex="row", sharey="row")
+for k, run in enumerate(seeds):   # one column per seed: when each sample switches, and how abruptly
     steps, m = run.per_sample("proxy_iou_per_sample")
     jumps = per_sample_jumps(steps, m)
     switched = [j.jump_step for j in jumps if j.jump_step is not None]
-    axes[0].hist(switched, bins=np.arange(0, RECIPE.steps + 1, 50), alpha=0.5, label=run.name)
-    axes[1].hist([j.sharpness for j in jumps if j.converged], bins=np.linspace(0, 1, 11), alpha=0.5, label=run.name)
-axes[0].set(xlabel="switching step of a sample", ylabel="samples", title="when does each sample switch?")
-axes[1].set(xlabel="sharpness of a sample's own jump", ylabel="samples", title="how abruptly?")
-axes[0].legend(fontsize=8)
+    colour = seed_colour(run.summary["seed"])
+    axes[0, k].hist(switched, bins=np.arange(0, RECIPE.steps + 1, 50), color=colour)
+    axes[0, k].axvline(run.summary["jump"]["jump_step"], color="k", ls=":", lw=1)
+    axes[0, k].set(title=f"{run.name} (dotted: jump of the mean IoU)", xlabel="switching step of a sample (proxy)")
+    axes[1, k].hist([j.sharpness for j in jumps if j.converged], bins=np.linspace(0, 1, 11), color=colour)
+    axes[1, k].axvline(0.5, color="k", ls="--", lw=1)
+    axes[1, k].set(xlabel="sharpness of a sample's jump (dashed: 0.5)")
+axes[0, 0].set_ylabel("samples")
+axes[1, 0].set_ylabel("samples")
 fig.tight_layout()
 save_figure(fig, "04_per_sample_switching")
 plt.show()
@@ -430,19 +488,25 @@ if not TRAIN:   # the numbers in the prose below
     assert [f"{row['samples_abrupt']:.0%}" for row in table] == ["59%", "81%", "81%"]
 
 # %% [markdown]
-# This is the sudden convergence of the paper, at toy scale, and its limits: **a single
+# This is the paper's sudden convergence at toy scale, in a weaker form. **A single
 # sample switches more abruptly than the mean** in every seed (median sharpness 0.53,
 # 0.65 and 0.68 against 0.45, 0.56 and 0.41 for the mean curve), and in every seed
 # most samples make at least half of their gain within 10 % of the run, as in Figure 4
 # (59 %, 81 % and 81 % of them). But the
 # samples switch at different steps, so the average rises over a few hundred steps: a
 # "sudden" jump is a property of one condition and one seed; a mean over many is a
-# smeared staircase. A caution: these per-sample curves come from the 4-step proxy,
-# and a sample read with a threshold (is the disk here or not?) can look abrupt even
-# when what the network learns changes smoothly.
+# smeared staircase. And "abrupt" here is generous: at least half the gain within 10 %
+# of the run (120 steps), while the paper's example switches within 33 of 6,133 steps,
+# 0.5 % of its run; relative to the run's length the toy's switches are an order of
+# magnitude slower. Two cautions: these per-sample curves come from the 4-step proxy
+# (late-biased, section 3), and a sample read with a threshold (is the disk here or
+# not?) can look abrupt even when what the network learns changes smoothly.
 #
 # Here is that staircase for the first eight outlines: the outline, then the samples at
-# the start, at the 10 % point, at the jump, at the 90 % point and at the end.
+# the start, at the 10 % point, at the jump, at the 90 % point and at the end, each with
+# its outline drawn over it in magenta (a sample follows when its disk fills the ring).
+# Some outlines sit near the centre, where the base puts its disks anyway: those look
+# right from step 0.
 
 # %%
 from cnetlib.experiments.runs import sample_strip
@@ -451,7 +515,8 @@ run0 = seeds[0]
 j0 = run0.summary["jump"]
 show_steps = [0, j0["step_10"], j0["jump_step"], j0["step_90"], run0.log[-1]["step"]]
 conditions = FidelityProbe(n=RECIPE.probe_n).data.sources   # the outlines the runs were evaluated on
-fig = sample_strip(run0, show_steps, conditions)
+fig = sample_strip(run0, show_steps, conditions, labels=["start", "10 % of the rise", "jump (50 %)", "90 % of the rise",
+                                                        "end"])   # the outline drawn over each sample in magenta
 save_figure(fig, "04_samples_over_training")
 plt.show()
 
@@ -470,7 +535,7 @@ def show_step(step: int) -> None:
     imgs = run0.samples[step]
     k = imgs["images"].shape[0]
     image_grid(np.concatenate([conditions[:k], imgs["images"], imgs["images_no_prompt"]]), ncols=k, scale=1.0,
-               row_labels=["outline c", "with the\nprompt", "empty\nprompt"],
+               row_labels=["outline c", "with the\nprompt, β 3", "empty\nprompt, β 1"],
                suptitle=f"seed 0, step {step} (evaluated every {RECIPE.sample_every} steps)")
     plt.show()
 
@@ -535,8 +600,10 @@ if not TRAIN:   # the numbers in the prose below
 # > * Condition fidelity is measured on samples: the IoU of the drawn circle with the
 # >   outline's disk, for fixed outlines and seeds, with a cheap 4-step proxy between.
 # > * Every seed jumps and ends following the outline, but the mean curve rises over a
-# >   few hundred steps; single samples switch more abruptly than the mean.
-# > * At this scale the loss sees the jump; the paper's "flat loss" is a matter of scale.
+# >   few hundred steps; single samples switch more abruptly than the mean. *When* a run
+# >   jumps moves by hundreds of steps with the seed and the arithmetic (chapter 05).
+# > * The loss is a poor sign of the jump: it stepped down with it in one seed of three,
+# >   and otherwise fell as it already did (as users report, it shows little).
 # > * Without a prompt, guiding the control alone (`cond_only`) follows the outline
 # >   better than the plain controlled model.
 #

@@ -300,7 +300,10 @@ def curve(curves: dict, metric: str, alpha: float = 1.0) -> tuple[np.ndarray, np
         rows = [r for r in rows if "condition_path" in r]
         values = [r["condition_path"][metric.split(":", 1)[1]] for r in rows]
     else:
-        values = [r["gain"][metric.split(":", 1)[1]]["gain"] for r in rows]
+        band = metric.split(":", 1)[1]
+        if rows and band not in rows[0]["gain"]:
+            raise ValueError(f"metric: {metric!r} was not measured in these curves (bands: {list(rows[0]['gain'])})")
+        values = [r["gain"][band]["gain"] for r in rows]
     return np.array([r["step"] for r in rows]), np.asarray(values, float)
 
 
@@ -365,7 +368,8 @@ def landmarks(curves: dict, levels: dict[str, float] | None = None) -> dict:
             "opening": int(st[np.argmax(g >= levels["switch"])]) if (g >= levels["switch"]).any() else None,
             "jump": first_step_staying_above(si, running_median(iou), levels["iou"]),
             "climb": climb,
-            "bands": {b: first_step_staying_above(*curve(curves, f"gain:{b}"), 1e-4) for b in BANDS},
+            "bands": {b: first_step_staying_above(*curve(curves, f"gain:{b}"), 1e-4) for b in BANDS
+                      if b in curves["snapshots"][0]["gain"]},   # the bands these curves measured
             "iou_end": float(iou[-3:].mean()), "last_step": int(st[-1])}
 
 
@@ -463,3 +467,20 @@ def spread_test(groups: Sequence[Sequence[float]], other: Sequence[float], permu
     return {"mad_groups": float(dev_a.mean()), "mad_other": float(dev_b.mean()),
             "ratio": float(dev_a.mean() / dev_b.mean()) if dev_b.mean() > 0 else float("inf"),
             "p": float((hits + 1) / (permutations + 1))}
+
+
+def sign_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Exact paired sign test: in how many pairs is ``a`` larger than ``b`` (ties dropped), and
+    how surprising is that count if either were equally likely? Returns ``larger``, ``n`` (pairs
+    without a tie) and ``p`` (two-sided, exact binomial). Chapter 05 asks with it whether the
+    gradients' SNR rises before the switch, run by run."""
+    from math import comb
+
+    if len(a) != len(b):
+        raise ValueError(f"a, b: expected paired values of one length, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b) if x != y]
+    n, larger = len(diffs), int(sum(d > 0 for d in diffs))
+    if n == 0:
+        return {"larger": 0, "n": 0, "p": 1.0}
+    tail = sum(comb(n, k) for k in range(min(larger, n - larger) + 1)) / 2 ** n
+    return {"larger": larger, "n": n, "p": min(1.0, 2 * tail)}

@@ -9,7 +9,7 @@ import torch
 import cnetlib.experiments.jump_causes as jc
 from cnetlib.convergence import first_step_above_for, first_step_staying_above, window_trend
 from cnetlib.data import Fill50k
-from cnetlib.mechanism import GradientSNR, MechanismProbe, curve, on_steps, parameter_groups, spread_test, timing
+from cnetlib.mechanism import BANDS, GradientSNR, MechanismProbe, curve, on_steps, parameter_groups, spread_test, timing
 from cnetlib.viz import outline_overlay, seed_colour
 from tiny import tiny_base, tiny_controlnet
 
@@ -159,3 +159,21 @@ def test_the_preregistered_rule_is_calibrated_on_the_shipped_seeds_only():
         leads.append(timing(*curve(c, "iou")).jump_step - first_step_above_for(st, g, rule["level"], rule["consecutive"]))
     assert leads == [125, 150, 150, 150, 50] and np.median(leads) == rule["lead"]
     assert jc.PREREGISTERED["constant_guess"] == 660
+
+
+def test_sign_test_is_exact_and_drops_ties():
+    from cnetlib.mechanism import sign_test
+
+    assert sign_test([2] * 5, [1] * 5) == {"larger": 5, "n": 5, "p": 0.0625}     # 2 · (1/2)^5
+    assert sign_test([1, 2, 3], [1, 1, 4]) == {"larger": 1, "n": 2, "p": 1.0}
+    assert sign_test([1.0], [1.0])["n"] == 0
+    with pytest.raises(ValueError, match="one length"):
+        sign_test([1, 2], [1])
+
+
+def test_a_probe_told_its_bands_measures_only_those():
+    base = tiny_base()
+    net = tiny_controlnet(base)
+    probe = MechanismProbe(n=2, draws=1, steps=2, loss_n=6, loss_draws=1, size=16, bands=("high noise",))
+    assert list(probe.condition_gain(base, net)) == ["high noise"]
+    assert len(probe.condition_gain(base, net, bands=list(BANDS))) == 3

@@ -98,3 +98,37 @@ def test_the_shipped_recipe_variants_are_whole_runs_of_their_recipe(seed, name):
     if not r.get("open_encoder"):   # Z(c; Θz1) = 0 at step 0: the outline changes nothing yet
         assert c["snapshots"][0]["gain"]["high noise"]["gain"] == 0.0
     assert not (path.parent / "snapshots.pt").exists()
+
+
+def test_the_shipped_causal_tests_are_whole_continuations_of_their_settings():
+    import cnetlib.experiments.jump_causes as jc
+
+    conts = jc.load_continuations()
+    expected = {f"seed{s}_fork{k}" for s in jc.RUN_SEEDS for k in range(jc.FORKS + 1)}
+    expected |= {f"seed{s}_{n}" for s in jc.RUN_SEEDS for n in jc.INTERVENTIONS}
+    assert set(conts) == expected, f"regenerate with python -m cnetlib.experiments.jump_causes all; " \
+                                   f"missing {sorted(expected - set(conts))}"
+    for name, r in conts.items():
+        assert r["done"] and r["start"] == jc.START and r["steps"][0] == jc.START, name
+        assert np.all(np.diff(r["steps"]) == jc.CHECK_EVERY) or r["steps"][-1] == jc.MAX_STEP, name
+        assert r["switch"] == jc.switch_of(r) and len(r["losses"]) == r["steps"][-1] - jc.START, name
+        # one SNR window per 25 steps (a continuation interrupted and resumed lacks the window it was in)
+        snr_steps = [row["step"] for row in r["snr"]]
+        assert set(snr_steps) <= set(r["steps"][1:]) and len(snr_steps) >= len(r["steps"]) - 2, name
+        if r["switch"] is None:
+            assert r["steps"][-1] == jc.MAX_STEP, name
+
+
+@pytest.mark.parametrize("seed", (5, 6, 7, 8, 9))
+def test_the_preregistered_seeds_are_whole_runs_of_the_registered_measurement(seed):
+    import cnetlib.experiments.jump_causes as jc
+
+    path = jc.seed_path(seed)
+    assert path.is_file(), f"{path} missing: regenerate with python -m cnetlib.experiments.jump_causes seeds"
+    c = json.loads(path.read_text())
+    m = jc.PREREGISTERED["measure"]
+    assert c["seed"] == seed and c["until"] == 1200 and c["every"] == m["every"] and c["alpha_every"] == 0
+    assert [r["step"] for r in c["snapshots"]] == list(range(0, 1201, m["every"]))
+    assert all(("iou_alpha1" in r) == (r["step"] % m["follow_every"] == 0) for r in c["snapshots"])
+    assert (c["probe"]["n"], c["probe"]["draws"], c["probe"]["loss_draws"]) == (16, 2, 4)
+    assert c["snr_from"] == 0 and [r["step"] for r in c["snr"]] == list(range(25, 1201, 25))

@@ -138,20 +138,23 @@ def plot_fidelity_and_loss(runs: list[Run], title: str = "condition fidelity and
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 5.2), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    from ..viz import seed_colour
+
     for k, run in enumerate(runs):
-        color = f"C{k}"
+        color = seed_colour(run.summary.get("seed", k))   # one colour per training seed across chapters 04-05
         s, v = run.curve("proxy_iou")
         a1.plot(s, v, color=color, alpha=0.35, lw=1)
         s, v = run.curve("iou")
-        a1.plot(s, v, "o-", color=color, ms=3, label=f"{run.name}: sampled IoU")
+        a1.plot(s, v, "o-", color=color, ms=3, label=f"{run.name}: sampled IoU (faint: 4-step proxy)")
         jump = run.summary.get("jump", {}).get("jump_step")
         if jump is not None:
             a1.axvline(jump, color=color, ls=":", lw=1)
         s, v = run.curve("loss")
         a2.plot(s[1:], v[1:], color=color, lw=1)
+    a1.plot([], [], "k:", lw=1, label="jump (dotted, per run)")
     a1.set(ylabel="IoU with the condition's disk", ylim=(0.3, 0.95), title=title)
     a1.legend(fontsize=7, loc="lower right")
-    a2.set(xlabel="training step", ylabel="loss (mean of 25 steps)")
+    a2.set(xlabel="training step", ylabel="loss (mean of 25 steps)\nsame colours")
     fig.tight_layout()
     return fig
 

@@ -129,7 +129,7 @@ def test_a_continuation_forks_the_draws_stops_at_the_switch_and_resumes(tiny_cau
     assert [r["step"] for r in own["snr"]] == [8, 12] and set(own["snr"][0]) == {"step", "theta_z1", "connectors", "copy"}
     # fork 0 is the run itself: the same losses as training straight through
     straight = jc._train(tiny_causes, jc._recipe_controlnet(tiny_causes, 0), jc._data(), 0, jc.WORK / "straight", 12)
-    np.testing.assert_allclose(own["losses"], np.round(straight.losses[4:], 6), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(own["losses"], np.round(straight.losses[4:], 6), rtol=1e-5, atol=1e-5)   # fp32, 6 decimals
     other = jc.continuation(0, fork=1, progress=False)
     assert other["losses"][0] != own["losses"][0]                   # new batches and noise from step 4 on
     assert json.loads((jc.CAUSES / "seed0_fork1.json").read_text())["done"]

@@ -148,6 +148,13 @@ def continuation(seed: int, fork: int = 0, intervention: str | None = None, prog
     work = WORK / name
     base = load_or_train_base(progress=progress)
     net = _recipe_controlnet(base, seed)
+    probe = MechanismProbe()
+
+    def record_point(step: int) -> None:   # the high-noise gain and the two deepest residual ratios at ``step``
+        record["steps"].append(step)
+        record["gain"].append(probe.condition_gain(base, net, bands=["high noise"])["high noise"]["gain"])
+        record["ratio_deep"].append(float(np.mean(probe.residual_ratio(base, net)[-2:])))
+
     if record is None or not (work / "state.pt").is_file():
         state = torch.load(start_state(seed, progress), weights_only=False)
         if fork:
@@ -160,12 +167,9 @@ def continuation(seed: int, fork: int = 0, intervention: str | None = None, prog
             state["controlnet"] = {k: v.clone() for k, v in net.state_dict().items()}
         work.mkdir(parents=True, exist_ok=True)
         atomic_save(state, work / "state.pt")
-        probe = MechanismProbe()
         net.load_state_dict(state["controlnet"])
-        record["steps"].append(START)
-        record["gain"].append(probe.condition_gain(base, net, bands=["high noise"])["high noise"]["gain"])
-        record["ratio_deep"].append(float(np.mean(probe.residual_ratio(base, net)[-2:])))
-    probe, data = MechanismProbe(), _data()
+        record_point(START)
+    data = _data()
     step = record["steps"][-1]
     bar = tqdm(total=MAX_STEP - START, initial=step - START, desc=name, disable=not progress)
     while step < MAX_STEP:
@@ -177,9 +181,7 @@ def continuation(seed: int, fork: int = 0, intervention: str | None = None, prog
         net.eval()
         record["losses"] = [round(float(v), 6) for v in run.losses[START:]]
         step = len(run.losses)
-        record["steps"].append(step)
-        record["gain"].append(probe.condition_gain(base, net, bands=["high noise"])["high noise"]["gain"])
-        record["ratio_deep"].append(float(np.mean(probe.residual_ratio(base, net)[-2:])))
+        record_point(step)
         record["snr"] += snr.records
         bar.update(step - bar.n - START)
         g = np.array(record["gain"])

@@ -348,21 +348,27 @@ class LazyPairs(Dataset):
     (chapter 09). ``LazyPairs(n, size=512)`` renders generator samples on demand;
     ``LazyPairs.from_folder(root, size)`` reads the authors' layout file by file (checked
     for completeness first). Items: ``source`` (3, H, W) in [0, 1], ``target`` in [-1, 1],
-    ``prompt``, and ``mask`` (the disk, generated pairs only).
+    ``prompt``, and ``mask`` (the disk, generated pairs only). ``condition="colour_hint"``
+    makes the source chapter 07's colour hint of the target instead of the outline.
     """
 
-    def __init__(self, n: int, *, size: int = 512, seed: int = 0, palette: Sequence[str] = FULL_PALETTE) -> None:
+    def __init__(self, n: int, *, size: int = 512, seed: int = 0, palette: Sequence[str] = FULL_PALETTE,
+                 condition: str = "outline") -> None:
         check_number(n, name="n", low=1, integer=True)
         check_number(size, name="size", low=8, integer=True)
+        if condition not in CONDITIONS:
+            raise ValueError(f"condition: expected one of {CONDITIONS}, got {condition!r}")
         self.n, self.size, self.seed, self.palette = n, size, seed, check_palette(palette)
+        self.condition = condition
         self.root: Path | None = None
         self.records: list[dict] = []
 
     @classmethod
-    def from_folder(cls, root: str | Path, size: int = 512, limit: int | None = None) -> "LazyPairs":
+    def from_folder(cls, root: str | Path, size: int = 512, limit: int | None = None,
+                    condition: str = "outline") -> "LazyPairs":
         records = read_prompt_file(root)[:limit]
         check_folder(Path(root), records)
-        out = cls(len(records), size=size)
+        out = cls(len(records), size=size, condition=condition)
         out.root, out.records = Path(root), records
         return out
 
@@ -373,6 +379,8 @@ class LazyPairs(Dataset):
         import hashlib
 
         h = hashlib.sha1()
+        if self.condition != "outline":   # (outline runs keep the fingerprint they had before conditions)
+            h.update(self.condition.encode())
         if self.root is None:
             h.update(json.dumps([self.n, self.size, self.seed, list(self.palette)]).encode())
             return h.hexdigest()[:16]
@@ -396,6 +404,8 @@ class LazyPairs(Dataset):
             src = _load_rgb(self.root / r["source"], self.size, Image.NEAREST)
             tgt = _load_rgb(self.root / r["target"], self.size, Image.BILINEAR)
             prompt, extra = r["prompt"], {}
+        if self.condition == "colour_hint":
+            src = colour_hint(tgt)
         return {"source": source_to_tensor(src), "target": target_to_tensor(tgt), "prompt": prompt, **extra}
 
 

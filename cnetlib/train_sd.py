@@ -45,11 +45,13 @@ import torch.nn.functional as F
 
 from .checkpoint import atomic_write_text
 from .checks import check_number
-from .data import FULL_PALETTE, LazyPairs
+from .data import CONDITIONS, FULL_PALETTE, TOY_PALETTE, LazyPairs
 from .runtime import require_extra
 from .sd import SD15_ID, SDControlNet, SDParts, encode_prompts
 
 require_extra("cnetlib.train_sd", ("accelerate",))  # a clear pip command, not a raw ModuleNotFoundError later
+#: ``--palette``: the colours of generated pairs (mini SD knows the toy chapters' 8).
+PALETTES = {"full": FULL_PALETTE, "toy": TOY_PALETTE}
 
 
 @dataclass
@@ -61,6 +63,8 @@ class SDTrainConfig:
     model: str | None = None              # with preset "pretrained": a hub id or folder (default SD15_ID)
     controlnet: str | None = None         # start from a diffusers ControlNet folder instead of the UNet copy
     data: str | None = None               # the authors' Fill50K folder; default: generated pairs
+    palette: str = "full"                 # generated pairs' colours: "full" (every CSS colour, as Fill50K) or "toy" (8; mini SD)
+    condition: str = "outline"            # what the ControlNet reads: "outline" or "colour_hint" (chapter 07)
     n_train: int = 50_000
     resolution: int = 64
     steps: int = 20
@@ -77,6 +81,7 @@ class SDTrainConfig:
     validate_every: int = 500
     validation_n: int = 4
     validation_steps: int = 20
+    validation_guidance: float = 7.5      # CFG scale of the validation samples (SD 1.5: 7.5; mini SD: 3)
     seed: int = 0
     resume: bool = False
     progress: bool = True
@@ -91,11 +96,16 @@ class SDTrainConfig:
         check_number(self.weight_decay, name="weight_decay", low=0.0)
         check_number(self.drop_prompt, name="drop_prompt", low=0.0, high=1.0)
         check_number(self.max_grad_norm, name="max_grad_norm", low=0.0, low_open=True)
+        check_number(self.validation_guidance, name="validation_guidance", low=0.0)
         check_number(self.resolution, name="resolution", low=8, integer=True)
         if self.resolution % 8:
             raise ValueError(f"resolution: expected a multiple of 8 (the VAE's factor), got {self.resolution}")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision: expected 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}")
+        if self.palette not in PALETTES:
+            raise ValueError(f"palette: expected one of {sorted(PALETTES)}, got {self.palette!r}")
+        if self.condition not in CONDITIONS:
+            raise ValueError(f"condition: expected one of {CONDITIONS}, got {self.condition!r}")
         if self.preset not in ("tiny", "pretrained"):
             raise ValueError(f"preset: expected 'tiny' or 'pretrained', got {self.preset!r}")
         if self.preset == "tiny" and self.model is not None:  # never a silent tiny run on a named model
@@ -116,8 +126,9 @@ def load_parts(cfg: SDTrainConfig) -> SDParts:
 
 def make_dataset(cfg: SDTrainConfig) -> LazyPairs:
     if cfg.data:
-        return LazyPairs.from_folder(cfg.data, size=cfg.resolution, limit=cfg.n_train)
-    return LazyPairs(cfg.n_train, size=cfg.resolution, seed=cfg.seed, palette=FULL_PALETTE)
+        return LazyPairs.from_folder(cfg.data, size=cfg.resolution, limit=cfg.n_train, condition=cfg.condition)
+    return LazyPairs(cfg.n_train, size=cfg.resolution, seed=cfg.seed, palette=PALETTES[cfg.palette],
+                     condition=cfg.condition)
 
 
 def shard(batch_size: int, rank: int = 0, world: int = 1) -> tuple[int, slice]:
@@ -200,13 +211,14 @@ def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step:
     from .sd import generate
     from .viz import image_grid
 
-    val = LazyPairs(cfg.validation_n, size=cfg.resolution, seed=cfg.seed + 1, palette=FULL_PALETTE)
+    val = LazyPairs(cfg.validation_n, size=cfg.resolution, seed=cfg.seed + 1, palette=PALETTES[cfg.palette],
+                    condition=cfg.condition)
     items = [val[i] for i in range(len(val))]
     conds = torch.stack([it["source"] for it in items])
     was = controlnet.training
     controlnet.eval()
     images = generate(parts, [it["prompt"] for it in items], [(controlnet, conds)], steps=cfg.validation_steps,
-                      seed=cfg.seed, guidance=7.5, height=cfg.resolution, width=cfg.resolution)
+                      seed=cfg.seed, guidance=cfg.validation_guidance, height=cfg.resolution, width=cfg.resolution)
     controlnet.train(was)
     iou = condition_iou(images, torch.stack([it["mask"] for it in items]).numpy())
     fig = image_grid(torch.cat([conds * 2 - 1, images]), ncols=len(items), scale=2.0,
@@ -253,6 +265,9 @@ def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
         keep = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
         saved = json.loads(saved_path.read_text())
         saved.setdefault("num_processes", num_processes())   # runs saved before the key: not compared
+        saved.setdefault("palette", "full")                   # runs saved before --palette used the full one
+        saved.setdefault("condition", "outline")              # ... and before --condition the outline
+        saved.setdefault("validation_guidance", 7.5)          # ... and before --validation-guidance 7.5
         diff = config_diff(keep(saved), keep({**asdict(cfg), "num_processes": num_processes()}))
         if diff:
             raise ValueError(f"--resume: {out} was trained with other settings, so it cannot be continued "
@@ -260,7 +275,8 @@ def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
 
 
 def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
-    """Run (or resume) a training; returns ``{"steps", "losses", "log", "seconds", "output_dir"}``."""
+    """Run (or resume) a training; returns ``{"steps", "losses", "log", "seconds", "output_dir"}``
+    (``seconds``: the run's wall time, counted on across resumes)."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -269,6 +285,10 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
     check_run_folder(cfg, out)
     # several CPU processes (torchrun, no GPU): accelerate talks gloo between them only when told cpu=True
     cpu_processes = num_processes() > 1 and not torch.cuda.is_available()
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:   # an earlier run in this process (a notebook): its precision is not ours
+        AcceleratorState._reset_state()  # (the process group, PartialState, is kept)
     acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                       project_dir=str(out), cpu=cpu_processes)
     set_seed(cfg.seed)
@@ -315,13 +335,14 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
             shutil.rmtree(partial, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(partial))
+        state["seconds"] = round(time.perf_counter() - start, 1)    # wall time so far, over every resume
         if acc.is_main_process:
             (partial / "train_state.json").write_text(json.dumps({**state, "generator": g_done.tolist()}))
             shutil.rmtree(folder, ignore_errors=True)
             os.replace(partial, folder)
         acc.wait_for_everyone()
 
-    start = time.perf_counter()
+    start = time.perf_counter() - state.get("seconds", 0.0)   # a resumed run goes on counting
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train ControlNet (SD)",
                disable=not (cfg.progress and acc.is_local_main_process))
     def lr_at(step: int) -> float:  # a function of the step alone: a resumed run gets the same rates
@@ -352,7 +373,7 @@ def train(cfg: SDTrainConfig, parts: SDParts | None = None) -> dict:
                     with open(out / "log.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
                 acc.wait_for_everyone()   # the other processes wait for the main one's validation
-            if step % cfg.checkpoint_every == 0:
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:   # the last step too: a run can be extended
                 checkpoint()
     except KeyboardInterrupt:
         print(f"interrupted at step {state['step']}: saving a checkpoint to resume from")

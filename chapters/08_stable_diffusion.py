@@ -84,8 +84,8 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # (`cnetlib.sd.SD15_UNET_CONFIG`, the `unet/config.json` of the release) and the
 # ControlNet copied from it:
 #
-# **Predict before you run.** On the toy the ControlNet was close to half the size of the
-# frozen model (chapter 03). Will SD's be a larger or a smaller share of its UNet?
+# **Predict before you run.** Chapter 03 measured the toy ControlNet's share of its frozen
+# model. Will SD's be a larger or a smaller share of its UNet?
 
 # %%
 from diffusers import UNet2DConditionModel
@@ -116,8 +116,9 @@ plt.show()
 
 # %% [markdown]
 # 12 skip connections at 64, 32, 16 and 8 (the input conv, two ResNet blocks per level,
-# three downsamplers) plus the middle block: the paper's 13. The copy is 42 % of the UNet,
-# a smaller share than the toy's: SD's text encoder and decoder hold more of its weights.
+# three downsamplers) plus the middle block: the paper's 13. The copy is 42 % of the UNet:
+# the encoder half and the middle block; the decoder, with one more ResNet per level and
+# the skip inputs, stays frozen and is not copied.
 # Its condition encoder takes the 512 × 512 control image down to the 64 × 64 latent
 # grid with three stride-2 convs (chapter 03).
 #
@@ -452,7 +453,7 @@ def two_conditions(scale_1: float = 1.0, scale_2: float = 1.0, guidance: float =
     names = ("Canny", "mirrored Canny") if REAL else ("outline", "colour hint")
     fig, axes = plt.subplots(1, 3, figsize=(6.6, 2.5))
     for ax, im, title in zip(axes, (hwc(c1), hwc(c2), hwc((img + 1) / 2)),
-                             (f"{names[0]} × {scale_1:g}", f"{names[1]} × {scale_2:g}", f"sample ({weights_label})")):
+                             (f"{names[0]} × {scale_1:g}", f"{names[1]} × {scale_2:g}", "sample, both ControlNets summed")):
         ax.imshow(im)
         ax.set_title(title, fontsize=8)
         ax.axis("off")
@@ -548,8 +549,9 @@ check("08.2", answer)
 #
 # On a machine with a GPU and internet, run this chapter interactively (not through
 # `make book`, which works offline): section 2 then loads SD 1.5 and the public Canny
-# ControlNet. Compare the four guidance modes without a prompt with chapter 06's toy
-# ranking and section 6's mini SD table.
+# ControlNet. Draw the four guidance modes without a prompt (section 6 measures them on
+# mini SD only: SD 1.5's pictures have no disk to place) and compare them, by eye, with
+# chapter 06's toy ranking and section 6's mini SD table.
 #
 # **In cnetlib:** `cnetlib.sd.SDControlNet` (13 connections, diffusers' and the original
 # weight layouts), `cnetlib.sd.generate` (any number of ControlNets, every guidance mode),

@@ -17,8 +17,9 @@
 # Diffusion is the same loop with four additions that the question "why does it run out
 # of memory?" is about:
 #
-# * the model is 860 M parameters frozen + 361 M trainable, so **mixed precision**: the
-#   frozen VAE, text encoder and UNet in fp16/bf16, the ControlNet's trainable weights
+# * the UNet's 860 M parameters (and the VAE and text encoder) are frozen and 361 M
+#   train, so **mixed precision**: the frozen VAE, text encoder and UNet in fp16/bf16,
+#   the ControlNet's trainable weights
 #   in **fp32** (half-precision master weights are a classic cause of fp16 training
 #   errors), the forward pass under autocast;
 # * **gradient checkpointing**: recompute activations in the backward pass instead of
@@ -84,8 +85,9 @@ print(f"cnetlib {cnetlib.__version__}, torch {torch.__version__}, smoke mode: {S
 # %% [markdown]
 # ## 1 · The training step
 #
-# The toy's step of chapter 04, moved to SD's latents. The frozen parts run in half
-# precision; the ControlNet keeps fp32 weights; only the ControlNet receives gradients:
+# The toy's step of chapter 04, moved to SD's latents. With `--mixed-precision fp16` or
+# `bf16` the frozen parts run in half precision (the default, `no`, keeps fp32, as the
+# shipped fp32 run did); the ControlNet keeps fp32 weights; only it receives gradients:
 
 # %%
 from cnetlib.diagrams import flow_diagram
@@ -134,7 +136,7 @@ plt.show()
 # the 64 px images, then its UNet learnt SD's objective ‖ε − ε_θ(z_t, t, c_t)‖² on the
 # VAE's latents. Then a ControlNet on top of it, trained by this chapter's script with
 # another `--model` (the command is printed below): batch 32, lr 10⁻³ with AdamW (SD 1.5
-# runs use 10⁻⁵ at batch 4; a 4 M model with 2,000 steps needs larger steps), 50 % empty
+# runs use 10⁻⁵ at batch 4; a 2 M-parameter ControlNet with 2,000 steps needs larger steps), 50 % empty
 # prompts, and every 50 steps a validation: 32 held-out outlines with their prompts,
 # sampled in 20 DDIM steps, scored with chapter 04's IoU through the VAE decoder.
 
@@ -222,8 +224,8 @@ plt.show()
 # ### A few steps live
 #
 # The same script, started here for a few steps on mini SD (16 steps cannot show learning:
-# the jump above came after hundreds; they show the loop, the files it writes, and give
-# section 2 a run to resume). Two micro-batches of 4 per step (gradient accumulation),
+# the jump above came after hundreds; they show the loop and the files it writes, and are
+# the uninterrupted run that section 2 compares a resumed one with). Two micro-batches of 4 per step (gradient accumulation),
 # gradient checkpointing, a checkpoint every 2 steps:
 
 # %%
@@ -274,7 +276,7 @@ print("weights identical after resume:", same)
 assert resumed["losses"] == straight["losses"] and same
 
 # %% [markdown]
-# From the shell, the same runs are (the SD 1.5 command is written for a GPU with the
+# From the shell, runs of the same kind are (with the default batch and checkpoint settings; the SD 1.5 command is written for a GPU with the
 # weights, which the GPU this book's benchmarks ran on could not download; it has not been
 # run at that scale):
 #
@@ -460,8 +462,8 @@ for r in (h100["h100_sd15_bf16.txt"]["training_step"], h100["h100_sd15_fp32.txt"
 #   fine-tuning**: about 5 % faster and 14 % less memory in bf16 and fp32. The
 #   checkpointing row (26 % faster, 25 % smaller) is not like with like: that H100 run
 #   checkpointed only the ControlNet in the ControlNet arm but the whole UNet in the
-#   fine-tune arm. `step_cost` now checkpoints the whole UNet in both arms, as in the CPU
-#   table above; the H100 row awaits a re-run on a GPU. It trains 361 M parameters instead of
+#   fine-tune arm. `compare_costs` checkpoints the whole UNet in both arms (the CPU table
+#   above); the H100 row has not been re-run that way. It trains 361 M parameters instead of
 #   860 M, so its weights, gradients and AdamW moments take less than half; its extra
 #   cost is the second encoder's activations and the backward pass through the frozen
 #   decoder, which fine-tuning pays anyway. The paper's +23 % memory and +34 % time do

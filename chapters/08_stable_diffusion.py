@@ -143,7 +143,7 @@ plt.show()
 
 # %%
 from cnetlib.colours import TOY_PALETTE
-from cnetlib.data import colour_hint, make_sample
+from cnetlib.data import colour_hint, make_sample, source_to_tensor, target_to_tensor
 from cnetlib.sd import CANNY_CONTROLNET_ID, SD15_ID, SDParts, hub_offline
 
 MINI_SD, OUTLINE_NET, HINT_NET = DATA_DIR / "mini_sd", DATA_DIR / "mini_sd_controlnet", DATA_DIR / "mini_sd_colour_controlnet"
@@ -187,8 +187,8 @@ print(f"UNet {sum(p.numel() for p in parts.unet.parameters()) / 1e6:.2f} M param
 N = pick(32, 8)
 pairs = [make_sample(i, size=64, seed=12, palette=TOY_PALETTE) for i in range(N)]
 prompts = [p.prompt for p in pairs]
-outlines = torch.stack([torch.from_numpy(p.source).permute(2, 0, 1).float() / 255 for p in pairs])
-targets = torch.stack([torch.from_numpy(p.target).permute(2, 0, 1).float() / 127.5 - 1 for p in pairs])
+outlines = source_to_tensor(np.stack([p.source for p in pairs]))     # (N, 3, 64, 64) in [0, 1]
+targets = target_to_tensor(np.stack([p.target for p in pairs]))      # in [-1, 1]
 masks = np.stack([p.mask for p in pairs])
 
 # %% [markdown]
@@ -435,7 +435,7 @@ if table:
 # colours right most often, and which places the disk best?
 
 # %%
-hints = torch.from_numpy(colour_hint(np.stack([p.target for p in pairs]))).permute(0, 3, 1, 2).float() / 255
+hints = source_to_tensor(colour_hint(np.stack([p.target for p in pairs])))
 if REAL:   # SD 1.5: the Canny net a second time, on the mirrored photo's edges (a superimposed double face)
     hint_net, second = net, annotate(photo.transpose(Image.FLIP_LEFT_RIGHT), "canny")
 else:

@@ -230,6 +230,8 @@ def validate(parts: SDParts, controlnet: SDControlNet, cfg: SDTrainConfig, step:
     return {"iou": float(iou.mean()), "iou_per_sample": iou.round(4).tolist()}
 
 
+#: Config keys added after runs were saved, with what those runs did: such a run still resumes.
+ADDED_KEYS = {"palette": "full", "condition": "outline", "validation_guidance": 7.5}
 #: What a resumed run may change: its length, how often it saves and validates, the bar.
 RESUMABLE_CHANGES = ("steps", "resume", "progress", "checkpoint_every", "validate_every")
 
@@ -265,9 +267,8 @@ def check_run_folder(cfg: SDTrainConfig, out: Path) -> None:
         keep = lambda d: {k: v for k, v in d.items() if k not in RESUMABLE_CHANGES}  # noqa: E731
         saved = json.loads(saved_path.read_text())
         saved.setdefault("num_processes", num_processes())   # runs saved before the key: not compared
-        saved.setdefault("palette", "full")                   # runs saved before --palette used the full one
-        saved.setdefault("condition", "outline")              # ... and before --condition the outline
-        saved.setdefault("validation_guidance", 7.5)          # ... and before --validation-guidance 7.5
+        for key, value in ADDED_KEYS.items():                  # runs saved before a key used its old value
+            saved.setdefault(key, value)
         diff = config_diff(keep(saved), keep({**asdict(cfg), "num_processes": num_processes()}))
         if diff:
             raise ValueError(f"--resume: {out} was trained with other settings, so it cannot be continued "

@@ -1,13 +1,11 @@
 """Mini SD (cnetlib.sd.mini): its parts, its resumable training loop, the independent scorer,
 and the shipped folders loaded with diffusers' classes alone (chapters 08-09)."""
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytest.importorskip("diffusers")
 
 from cnetlib.colours import TOY_PALETTE  # noqa: E402

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import atomic_save, atomic_write_text
 from ..colours import TOY_PALETTE
-from ..data import make_sample
+from ..data import make_sample, source_to_tensor, target_to_tensor
 
 #: The mini VAE: SD's AutoencoderKL layout (4 levels, so 8x down; 4 latent channels), narrow.
 MINI_VAE_CONFIG: dict = {
@@ -90,14 +90,9 @@ class MiniConfig:
 def word_tokenizer(words: Sequence[str], max_length: int = MINI_MAX_LENGTH):
     """A ``CLIPTokenizer`` built locally whose merges spell each of ``words`` (plus "circle",
     "with", "background") as one token; other text falls back to single characters."""
-    from transformers import CLIPTokenizer
+    from .parts import byte_vocab, local_clip_tokenizer
 
-    from .parts import _bytes_to_unicode
-
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    merges: list[str] = []
+    vocab, merges = byte_vocab(), []
     # longest words first: a shorter word's merge (red's "r e") then never splits a longer one (green)
     for word in sorted(dict.fromkeys(list(words) + ["circle", "with", "background"]), key=len, reverse=True):
         cur = word[0]
@@ -108,13 +103,7 @@ def word_tokenizer(words: Sequence[str], max_length: int = MINI_MAX_LENGTH):
                 merges.append(merge)
             cur = cur + nxt
             vocab.setdefault(cur, len(vocab))
-    vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        Path(d, "vocab.json").write_text(json.dumps(vocab))
-        Path(d, "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-        return CLIPTokenizer(str(Path(d, "vocab.json")), str(Path(d, "merges.txt")), model_max_length=max_length)
+    return local_clip_tokenizer(vocab, merges, max_length)
 
 
 def palette_words(palette: Sequence[str] = TOY_PALETTE) -> list[str]:
@@ -145,9 +134,8 @@ def build_parts(seed: int = 0):
 def pairs(start: int, n: int, size: int = 64, seed: int = MINI_TRAIN_SEED):
     """Fill50k-style pairs ``start .. start+n-1``: targets in [-1, 1], outlines in [0, 1], prompts, masks."""
     items = [make_sample(i, size=size, seed=seed, palette=TOY_PALETTE) for i in range(start, start + n)]
-    target = torch.from_numpy(np.stack([s.target for s in items])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    source = torch.from_numpy(np.stack([s.source for s in items])).permute(0, 3, 1, 2).float() / 255
-    return target, source, [s.prompt for s in items], np.stack([s.mask for s in items])
+    return (target_to_tensor(np.stack([s.target for s in items])), source_to_tensor(np.stack([s.source for s in items])),
+            [s.prompt for s in items], np.stack([s.mask for s in items]))
 
 
 # ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 from ..colours import TOY_PALETTE, color_rgb
-from ..data import make_sample
+from ..data import make_sample, parse_prompt
 
 #: Held-out pairs (the mini SD trains on seed 11, this is seed 12) and how many.
 EVAL_SEED, EVAL_N = 12, 64
@@ -72,8 +72,7 @@ def _uint8(images: np.ndarray) -> np.ndarray:
 def score_images(images: np.ndarray, prompts, masks: np.ndarray | None = None) -> dict:
     """Mean disk IoU, share of right circle / background / both colours, and (given masks) the mean IoU."""
     reads = [read_disk(img) for img in images]
-    want = [(p.split(" circle with ")[0], p.split(" circle with ")[1].removesuffix(" background")) if p else None
-            for p in prompts]
+    want = [parse_prompt(p) if p else None for p in prompts]
     out = {"disk_iou": float(np.mean([iou(r["mask"], r["disk"]) for r in reads]))}
     if all(w is not None for w in want):
         circle = [nearest(r["circle"]) == w[0] for r, w in zip(reads, want)]

@@ -30,18 +30,31 @@ def _bytes_to_unicode() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def tiny_tokenizer(max_length: int = 32):
-    """A character-level ``CLIPTokenizer`` built locally (no merges, 514 tokens): no download."""
-    from transformers import CLIPTokenizer
-
+def byte_vocab() -> dict[str, int]:
+    """CLIP's 512 byte-level base tokens (each byte, and each byte ending a word): the vocabulary
+    every local tokenizer starts from."""
     chars = _bytes_to_unicode()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    return vocab
+
+
+def local_clip_tokenizer(vocab: dict[str, int], merges: Sequence[str] = (), max_length: int = 32):
+    """A ``CLIPTokenizer`` from a vocabulary and BPE merges made in memory (start and end tokens
+    appended): no download."""
+    from transformers import CLIPTokenizer
+
+    vocab = {**vocab}
     vocab["<|startoftext|>"], vocab["<|endoftext|>"] = len(vocab), len(vocab) + 1
     with tempfile.TemporaryDirectory() as d:
         Path(d, "vocab.json").write_text(json.dumps(vocab))
-        Path(d, "merges.txt").write_text("#version: 0.2\n")
+        Path(d, "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
         return CLIPTokenizer(str(Path(d, "vocab.json")), str(Path(d, "merges.txt")), model_max_length=max_length)
+
+
+def tiny_tokenizer(max_length: int = 32):
+    """A character-level ``CLIPTokenizer`` built locally (no merges, 514 tokens): no download."""
+    return local_clip_tokenizer(byte_vocab(), max_length=max_length)
 
 @dataclass
 class SDParts:
